@@ -1,0 +1,48 @@
+"""The Flask application factory."""
+from __future__ import annotations
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from api.problems import ProblemApi, register_problem_handlers
+from api.views import blp
+from infra.config import Settings
+from infra.db import Database, engine_options, normalize_url, prepare_engine
+from infra.tables import metadata
+from services.runtime import Runtime, build_runtime
+
+SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
+    """Build the API: configuration from the environment unless given, a runtime per app."""
+    settings = settings or Settings.from_env()
+    app = Flask("bookmarket")
+    app.config.update(
+        API_TITLE="Book Market",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_CDN,
+        API_SPEC_OPTIONS={"info": {"description": "Orders for an online bookstore, carried by an orchestrated saga."}},
+        SQLALCHEMY_DATABASE_URI=normalize_url(settings.database_url),
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url),
+        JSON_SORT_KEYS=False,
+    )
+    if runtime is None:
+        runtime = build_runtime(settings, db=_flask_database(app))
+    app.extensions["bookmarket"] = runtime
+    api = ProblemApi(app)
+    api.register_blueprint(blp)
+    register_problem_handlers(app)
+    return app
+
+
+def _flask_database(app: Flask) -> Database:
+    """Flask-SQLAlchemy owns the API's engine; our transactions run on it."""
+    db = SQLAlchemy(metadata=metadata)
+    db.init_app(app)
+    with app.app_context():
+        return Database(prepare_engine(db.engine))

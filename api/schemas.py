@@ -1,0 +1,124 @@
+"""Marshmallow schemas: what the API accepts and what it answers."""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+
+INT32_MAX = 2_147_483_647
+
+
+def cents(value: int) -> Decimal:
+    return (Decimal(value) / 100).quantize(Decimal("0.01"))
+
+
+class OrderCreateSchema(Schema):
+    customer_id = fields.Integer(required=True, strict=True, validate=validate.Range(1, INT32_MAX))
+    book_id = fields.Integer(required=True, strict=True, validate=validate.Range(1, INT32_MAX))
+    qty = fields.Integer(required=True, strict=True, validate=validate.Range(1, 100))
+
+
+class CancelSchema(Schema):
+    reason = fields.String(load_default=None, validate=validate.Length(max=500))
+
+
+class OrderSchema(Schema):
+    id = fields.Integer()
+    customer_id = fields.Integer()
+    book_id = fields.Integer()
+    title = fields.String()
+    qty = fields.Integer()
+    amount = fields.Decimal(as_string=True, metadata={"description": "price x qty, computed by the server"})
+    amount_cents = fields.Integer()
+    status = fields.String(metadata={"enum": ["PENDING", "PAID", "SHIPPED", "REJECTED", "CANCELLED"]})
+    reason = fields.String(allow_none=True)
+    saga_id = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class StepSchema(Schema):
+    name = fields.String()
+    position = fields.Integer()
+    status = fields.String()
+    attempts = fields.Integer()
+    max_attempts = fields.Integer()
+    error = fields.String(allow_none=True)
+    task_id = fields.String(allow_none=True)
+    provider_ref = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    available_at = fields.DateTime(allow_none=True)
+
+
+class SagaSchema(Schema):
+    id = fields.Integer()
+    kind = fields.String()
+    version = fields.Integer()
+    order_id = fields.Integer()
+    status = fields.String()
+    cancel_requested = fields.Boolean()
+    reason = fields.String(allow_none=True)
+    recoveries = fields.Integer()
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+    steps = fields.List(fields.Nested(StepSchema))
+
+
+class BookSchema(Schema):
+    id = fields.Integer()
+    title = fields.String()
+    price = fields.Decimal(as_string=True)
+    price_cents = fields.Integer()
+
+
+class CustomerOrderSchema(Schema):
+    order_id = fields.Integer()
+    book_id = fields.Integer()
+    title = fields.String()
+    qty = fields.Integer()
+    amount = fields.Decimal(as_string=True)
+    status = fields.String()
+    saga_id = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class NotificationSchema(Schema):
+    id = fields.Integer()
+    order_id = fields.Integer()
+    customer_id = fields.Integer()
+    text = fields.String()
+    status = fields.String(metadata={"enum": ["PENDING", "SENT", "FAILED"]})
+    error = fields.String(allow_none=True)
+    message_ref = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class NotificationQuerySchema(Schema):
+    customer_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    database = fields.String()
+    broker = fields.String()
+
+
+class ProblemSchema(Schema):
+    type = fields.String()
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    errors = fields.Dict(metadata={"description": "field -> messages, for 422"})
+
+
+def with_amount(row: Any) -> dict[str, Any]:
+    """A read-model row as a dict, with its amount in currency units."""
+    data = dict(row._mapping)
+    data["amount"] = cents(data["amount_cents"])
+    return data

@@ -1,0 +1,159 @@
+"""HTTP views: load input with a schema, call one service function, dump the answer."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import current_app, request, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from api.problems import problem
+from api.schemas import (
+    INT32_MAX,
+    BookSchema,
+    CustomerOrderSchema,
+    HealthSchema,
+    NotificationQuerySchema,
+    NotificationSchema,
+    OrderCreateSchema,
+    OrderSchema,
+    SagaSchema,
+    cents,
+    with_amount,
+)
+from domain.model import OrderStatus
+from services import orders as service
+from services.health import check_health
+from services.runtime import Runtime
+
+ID = f"int(max={INT32_MAX})"
+MAX_WAIT_S = 30
+blp = Blueprint("orders", __name__, description="Book orders, their sagas, the catalog and read models")
+
+
+def runtime() -> Runtime:
+    rt: Runtime = current_app.extensions["bookmarket"]
+    return rt
+
+
+def order_body(view: service.OrderView) -> dict[str, Any]:
+    order = view.order
+    return {
+        "id": order.id, "customer_id": order.customer_id, "book_id": order.book_id, "title": view.title,
+        "qty": order.qty, "amount": cents(order.amount_cents), "amount_cents": order.amount_cents,
+        "status": order.status.value, "reason": order.reason, "saga_id": view.saga_id,
+        "created_at": order.created_at, "updated_at": order.updated_at,
+    }
+
+
+def requested_wait() -> float | None:
+    """Seconds from a `Prefer: wait=N` header (capped at 30), or None."""
+    match = re.search(r"(?:^|[,;\s])wait\s*=\s*(\d+)", request.headers.get("Prefer", ""))
+    return min(float(match.group(1)), MAX_WAIT_S) if match else None
+
+
+@blp.route("/orders")
+class Orders(MethodView):
+    @blp.arguments(OrderCreateSchema)
+    @blp.response(202, OrderSchema, description="Accepted: the saga runs; poll the Location")
+    @blp.alt_response(201, schema=OrderSchema, description="With `Prefer: wait=N`: paid within N seconds")
+    @blp.alt_response(402, description="With `Prefer: wait=N`: payment declined or failed (problem+json)")
+    @blp.alt_response(409, description="Idempotency-Key reused for a different order")
+    @blp.alt_response(422, description="Invalid input; the problem names the field")
+    @blp.alt_response(503, description="Temporarily unable to take orders; see Retry-After")
+    def post(self, data: dict[str, Any]) -> Any:
+        """Place an order. Headers: `Idempotency-Key` (a retried POST returns the same order),
+        `Prefer: wait=N` (wait up to N seconds, at most 30, for the payment outcome)."""
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and len(key) > 200:
+            return problem(422, "Unprocessable Entity", "Idempotency-Key: at most 200 characters",
+                           errors={"Idempotency-Key": ["at most 200 characters"]})
+        placed = service.place_order(runtime(), service.PlaceOrder(idempotency_key=key, **data))
+        return self._answer(placed)
+
+    def _answer(self, placed: service.PlacedOrder) -> Any:
+        assert placed.order.id is not None
+        location = url_for("orders.OrderById", order_id=placed.order.id)
+        headers = {"Location": location}
+        if not placed.created:
+            headers["Idempotent-Replayed"] = "true"
+        wait = requested_wait()
+        if wait is None:
+            view = service.get_order(runtime(), placed.order.id)
+            return order_body(view), 202, headers
+        view = service.wait_for_payment(runtime(), placed.order.id, wait)
+        headers["Preference-Applied"] = f"wait={wait:g}"
+        return self._settled(view, headers)
+
+    def _settled(self, view: service.OrderView, headers: dict[str, str]) -> Any:
+        status = view.order.status
+        if status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
+            body = OrderSchema().dump(order_body(view))
+            return problem(402, "Payment Required", f"order {view.order.id} was {status.value.lower()}: "
+                           f"{view.order.reason or 'payment failed'}", headers, order=body)
+        code = 202 if status is OrderStatus.PENDING else 201
+        return order_body(view), code, headers
+
+
+@blp.route(f"/orders/<{ID}:order_id>")
+class OrderById(MethodView):
+    @blp.response(200, OrderSchema)
+    @blp.alt_response(404, description="No such order")
+    def get(self, order_id: int) -> Any:
+        """An order and its current status."""
+        return order_body(service.get_order(runtime(), order_id))
+
+
+@blp.route(f"/sagas/<{ID}:saga_id>")
+class SagaById(MethodView):
+    @blp.response(200, SagaSchema)
+    @blp.alt_response(404, description="No such saga")
+    def get(self, saga_id: int) -> Any:
+        """A saga with its steps in order: status, attempts, error and times of each."""
+        view = service.get_saga(runtime(), saga_id)
+        return {**dict(view.saga._mapping), "steps": [dict(s._mapping) for s in view.steps]}
+
+
+@blp.route("/books")
+class Books(MethodView):
+    @blp.response(200, BookSchema(many=True))
+    def get(self) -> Any:
+        """The catalog."""
+        return [{"id": b.id, "title": b.title, "price": cents(b.price_cents), "price_cents": b.price_cents}
+                for b in service.list_books(runtime())]
+
+
+@blp.route(f"/customers/<{ID}:customer_id>/orders")
+class CustomerOrders(MethodView):
+    @blp.response(200, CustomerOrderSchema(many=True))
+    @blp.paginate()
+    def get(self, customer_id: int, pagination_parameters: Any) -> Any:
+        """A customer's orders, newest first (a read model the saga keeps current). Paging in X-Pagination."""
+        rows, total = service.customer_orders(runtime(), customer_id, pagination_parameters.page,
+                                              pagination_parameters.page_size)
+        pagination_parameters.item_count = total
+        return [with_amount(r) for r in rows]
+
+
+@blp.route("/notifications")
+class Notifications(MethodView):
+    @blp.arguments(NotificationQuerySchema, location="query")
+    @blp.response(200, NotificationSchema(many=True))
+    @blp.paginate()
+    def get(self, query: dict[str, Any], pagination_parameters: Any) -> Any:
+        """Messages sent to customers and their status (a read model), newest first."""
+        rows, total = service.notifications(runtime(), query.get("customer_id"), pagination_parameters.page,
+                                            pagination_parameters.page_size)
+        pagination_parameters.item_count = total
+        return [dict(r._mapping) for r in rows]
+
+
+@blp.route("/health")
+class Health(MethodView):
+    @blp.response(200, HealthSchema)
+    @blp.alt_response(503, schema=HealthSchema, description="A dependency is down")
+    def get(self) -> Any:
+        """Liveness and readiness: the database and the broker answer."""
+        report = check_health(runtime())
+        return report, (200 if report["status"] == "ok" else 503)

@@ -1,0 +1,146 @@
+"""`bookmarket`: run the whole stack (`up`) or one piece of it (`api`, `worker`, `beat`, `sandbox`, `migrate`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from cli.embedded import EmbeddedRedis
+from cli.supervisor import Supervisor
+from infra.config import Settings
+from infra.db import sqlite_url_for
+from infra.migrate import upgrade
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bookmarket", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run everything on one machine (embedded Redis and SQLite unless configured)")
+    up.add_argument("--port", type=int, default=_env_int("BOOKMARKET_PORT", 8080), help="API port (8080)")
+    up.add_argument("--sandbox-port", type=int, default=_env_int("BOOKMARKET_SANDBOX_PORT", 8090),
+                    help="sandbox providers port (8090)")
+    up.add_argument("--data-dir", default=os.environ.get("BOOKMARKET_DATA_DIR", "./var"),
+                    help="where the SQLite file, the embedded Redis and logs live (./var)")
+    up.add_argument("--workers", type=int, default=_env_int("BOOKMARKET_WORKERS", 2),
+                    help="Celery worker processes (2)")
+    api = sub.add_parser("api", help="the HTTP API under gunicorn")
+    api.add_argument("--port", type=int, default=_env_int("BOOKMARKET_PORT", 8080))
+    api.add_argument("--bind", default=os.environ.get("BOOKMARKET_BIND", "127.0.0.1"))
+    worker = sub.add_parser("worker", help="a Celery worker running saga steps")
+    worker.add_argument("--workers", type=int, default=_env_int("BOOKMARKET_WORKERS", 2))
+    worker.add_argument("--beat", action="store_true", help="also run the sweeper schedule in this worker")
+    sub.add_parser("beat", help="the Celery beat that schedules the recovery sweeper")
+    sandbox = sub.add_parser("sandbox", help="the sandbox payment, delivery and messaging providers")
+    sandbox.add_argument("--port", type=int, default=_env_int("BOOKMARKET_SANDBOX_PORT", 8090))
+    sandbox.add_argument("--bind", default=os.environ.get("BOOKMARKET_BIND", "127.0.0.1"))
+    sub.add_parser("migrate", help="bring the database schema up to date and seed the catalog")
+    return p
+
+
+def gunicorn_api(bind: str, port: int, workers: int = 2) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--bind", f"{bind}:{port}", "--workers", str(workers),
+            "--worker-class", "gthread", "--threads", "16", "--graceful-timeout", "10", "--timeout", "60",
+            "--access-logfile", "-", "api.wsgi:app"]
+
+
+def gunicorn_sandbox(bind: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--bind", f"{bind}:{port}", "--workers", "1",
+            "--worker-class", "gthread", "--threads", "64", "--graceful-timeout", "2", "sandbox.wsgi:app"]
+
+
+def celery_worker(workers: int, queue: str, beat_schedule: str | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "--loglevel", "INFO",
+            "--concurrency", str(workers), "--queues", queue, "--without-mingle", "--without-gossip"]
+    if beat_schedule:
+        argv += ["--beat", "--schedule", beat_schedule]
+    return argv
+
+
+def celery_beat(schedule: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.main", "beat", "--loglevel", "INFO",
+            "--schedule", schedule]
+
+
+def up(args: argparse.Namespace) -> int:
+    """Start every process with embedded defaults for what is not configured; stop them all on a signal."""
+    data = Path(args.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TMPDIR=str(data), PYTHONUNBUFFERED="1")
+    env.setdefault("DATABASE_URL", sqlite_url_for(data))
+    sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
+    run_sandbox = not all(k in os.environ for k in ("PAYMENT_URL", "DELIVERY_URL", "MESSAGING_URL"))
+    env.setdefault("SANDBOX_URL", sandbox_url)
+    redis = None if "REDIS_URL" in os.environ else EmbeddedRedis(data)
+    if redis is not None:
+        env["REDIS_URL"] = redis.url
+    os.environ.update(env)
+    print(f"bookmarket: migrating {env['DATABASE_URL']}", flush=True)
+    upgrade(env["DATABASE_URL"])
+    supervisor = Supervisor(env)
+    code = 1
+    try:
+        code = _start_all(supervisor, args, run_sandbox, data)
+        if code == 0:
+            code = supervisor.run_until_signal()
+    finally:
+        print("bookmarket: stopping", flush=True)
+        supervisor.stop()
+        if redis is not None:
+            redis.shutdown()
+    print("bookmarket: stopped", flush=True)
+    return code
+
+
+def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bool, data: Path) -> int:
+    settings = Settings.from_env()
+    if run_sandbox:
+        supervisor.start("sandbox", gunicorn_sandbox("127.0.0.1", args.sandbox_port))
+        supervisor.wait_http("sandbox", f"http://127.0.0.1:{args.sandbox_port}/health")
+    supervisor.start("worker", celery_worker(args.workers, settings.queue))
+    supervisor.start("beat", celery_beat(str(data / "beat-schedule")))
+    supervisor.start("api", gunicorn_api("127.0.0.1", args.port))
+    supervisor.wait_http("api", f"http://127.0.0.1:{args.port}/health")
+    print(
+        "bookmarket: up\n"
+        f"  API        http://127.0.0.1:{args.port}   (docs /docs, OpenAPI /openapi.json)\n"
+        f"  sandbox    {os.environ.get('SANDBOX_URL') if run_sandbox else 'external providers'}\n"
+        f"  database   {settings.database_url}\n"
+        f"  broker     {settings.redis_url}\n"
+        f"  workers    {args.workers} Celery worker process(es) + beat (sweeper every {settings.sweep_interval_s:g}s)\n"
+        "  Ctrl-C stops everything.",
+        flush=True,
+    )
+    return 0
+
+
+def _exec(argv: list[str]) -> int:
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover - execv does not return
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings.from_env()
+    if args.command == "up":
+        return up(args)
+    if args.command == "migrate":
+        upgrade(settings.database_url)
+        print(f"schema up to date: {settings.database_url}")
+        return 0
+    if args.command == "api":
+        return _exec(gunicorn_api(args.bind, args.port))
+    if args.command == "worker":
+        schedule = str(Path(os.environ.get("BOOKMARKET_DATA_DIR", ".")) / "beat-schedule") if args.beat else None
+        return _exec(celery_worker(args.workers, settings.queue, schedule))
+    if args.command == "beat":
+        return _exec(celery_beat(str(Path(os.environ.get("BOOKMARKET_DATA_DIR", ".")) / "beat-schedule")))
+    return _exec(gunicorn_sandbox(args.bind, args.port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

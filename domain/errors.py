@@ -1,0 +1,49 @@
+"""Domain errors: raised by guard methods, translated to HTTP problems at the API boundary."""
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every rule the domain refuses."""
+
+
+class InvalidQuantity(DomainError):
+    def __init__(self, qty: int) -> None:
+        super().__init__(f"qty must be between 1 and 100, got {qty}")
+        self.qty = qty
+
+
+class InvalidTransition(DomainError):
+    def __init__(self, what: str, current: str, new: str) -> None:
+        super().__init__(f"{what} cannot go from {current} to {new}")
+        self.current = current
+        self.new = new
+
+
+class NotFound(DomainError):
+    def __init__(self, what: str, ident: object) -> None:
+        super().__init__(f"{what} {ident} does not exist")
+        self.what = what
+        self.ident = ident
+
+
+class OrderNotFound(NotFound):
+    def __init__(self, order_id: int) -> None:
+        super().__init__("order", order_id)
+
+
+class SagaNotFound(NotFound):
+    def __init__(self, saga_id: int) -> None:
+        super().__init__("saga", saga_id)
+
+
+class UnknownBook(NotFound):
+    def __init__(self, book_id: int) -> None:
+        super().__init__("book", book_id)
+
+
+class IdempotencyConflict(DomainError):
+    """An Idempotency-Key was reused with a different request body."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was already used for a different order")
+        self.key = key

@@ -1,0 +1,112 @@
+"""The bookstore's domain: books, orders and the provider records an order collects.
+
+Plain classes with guard methods; they import nothing but the standard library.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from domain.errors import InvalidQuantity, InvalidTransition
+
+MIN_QTY = 1
+MAX_QTY = 100
+
+
+def utcnow() -> datetime:
+    """The current time in UTC, aware."""
+    return datetime.now(timezone.utc)
+
+
+class OrderStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    PAID = "PAID"
+    SHIPPED = "SHIPPED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (OrderStatus.REJECTED, OrderStatus.CANCELLED)
+
+
+# Which order status may follow which; SHIPPED can still be cancelled (a cancel saga undoes it).
+_ORDER_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.PENDING: frozenset({OrderStatus.PAID, OrderStatus.REJECTED, OrderStatus.CANCELLED}),
+    OrderStatus.PAID: frozenset({OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.REJECTED}),
+    OrderStatus.SHIPPED: frozenset({OrderStatus.CANCELLED}),
+    OrderStatus.REJECTED: frozenset(),
+    OrderStatus.CANCELLED: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class Book:
+    id: int
+    title: str
+    price_cents: int
+
+
+@dataclass
+class Order:
+    """A customer's order of one book; its amount is computed here, never taken from the client."""
+
+    customer_id: int
+    book_id: int
+    qty: int
+    amount_cents: int
+    status: OrderStatus = OrderStatus.PENDING
+    id: int | None = None
+    reason: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+
+    @classmethod
+    def place(cls, customer_id: int, book: Book, qty: int) -> Order:
+        """A new PENDING order for qty copies of book."""
+        check_quantity(qty)
+        return cls(customer_id=customer_id, book_id=book.id, qty=qty, amount_cents=book.price_cents * qty)
+
+    def move_to(self, status: OrderStatus, reason: str | None = None) -> None:
+        """Change status, refusing transitions the order's life does not allow."""
+        if status is self.status:
+            return
+        if status not in _ORDER_TRANSITIONS[self.status]:
+            raise InvalidTransition("order", self.status.value, status.value)
+        self.status = status
+        self.reason = reason if reason is not None else self.reason
+        self.updated_at = utcnow()
+
+
+def check_quantity(qty: int) -> None:
+    """Raise InvalidQuantity unless MIN_QTY <= qty <= MAX_QTY."""
+    if not MIN_QTY <= qty <= MAX_QTY:
+        raise InvalidQuantity(qty)
+
+
+def order_transition_allowed(current: OrderStatus, new: OrderStatus) -> bool:
+    """True when an order in `current` may move to `new`."""
+    return new is current or new in _ORDER_TRANSITIONS[current]
+
+
+class PaymentStatus(str, enum.Enum):
+    CHARGED = "CHARGED"
+    DECLINED = "DECLINED"
+    REFUNDED = "REFUNDED"
+
+
+class DeliveryStatus(str, enum.Enum):
+    SHIPPED = "SHIPPED"
+    CANCELLED = "CANCELLED"
+
+
+class NotificationStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    SENT = "SENT"
+    FAILED = "FAILED"
+
+
+def shipping_message(order_id: int, title: str) -> str:
+    """The text a customer receives when their order ships."""
+    return f"Your order #{order_id} ({title}) has shipped."

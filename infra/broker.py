@@ -1,0 +1,93 @@
+"""The Celery application (configuration only) and the publisher that sends "run step N of saga S"."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from celery import Celery
+
+from infra.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def task_name(step: str) -> str:
+    """The Celery task that runs `step`, named to read well in Flower."""
+    return f"saga.{step}"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured so that the database, not the broker, holds the truth.
+
+    - acks_late + reject_on_worker_lost: a task whose process dies is delivered again, not lost; every task
+      is idempotent (the step claim is a compare-and-set), so a repeat is harmless.
+    - prefetch 1: a worker holds one message per process, so a crash strands at most one.
+    - visibility_timeout: an unacked message (its worker vanished) comes back after this long; it is longer than
+      any step lease so a slow step is not run twice at once, and the sweeper re-sends sooner anyway.
+    - no result backend: nobody waits on a Celery result; status is read from the saga table.
+    - bounded publish: connection and publish retries are short, so an API call never hangs on a dead broker;
+      what could not be sent stays in the step's outbox columns for the sweeper.
+    """
+    app = Celery("bookmarket", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.publish_timeout_s,
+        broker_pool_limit=20,
+        broker_transport_options={
+            "visibility_timeout": max(300, int(settings.step_lease_s * 4)),
+            "socket_timeout": settings.publish_timeout_s,
+            "socket_connect_timeout": settings.publish_timeout_s,
+            "max_retries": 1,
+        },
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3},
+        beat_schedule={"sweep": {"task": "saga.sweep", "schedule": settings.sweep_interval_s}},
+    )
+    return app
+
+
+class Publisher:
+    """Sends step messages; returns what it could not send instead of raising or hanging."""
+
+    def __init__(self, app: Celery, queue: str) -> None:
+        self.app = app
+        self.queue = queue
+
+    def publish(self, dispatches: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
+        """Send each (saga_id, step); the ones that failed are returned."""
+        if not dispatches:
+            return []
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for index, (saga_id, step) in enumerate(dispatches):
+                    self._send(producer, saga_id, step, index, dispatches)
+        except _PartialPublish as partial:
+            return list(dispatches[partial.index:])
+        except Exception:  # noqa: BLE001 - the broker is unreachable: nothing was sent
+            log.warning("broker unreachable; %d dispatch(es) left for the sweeper", len(dispatches), exc_info=True)
+            return list(dispatches)
+        return []
+
+    def _send(self, producer: object, saga_id: int, step: str, index: int,
+              dispatches: Sequence[tuple[int, str]]) -> None:
+        try:
+            self.app.send_task(task_name(step), args=[saga_id], queue=self.queue, producer=producer)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("publish of %s for saga %s failed: %s", step, saga_id, exc)
+            raise _PartialPublish(index) from None
+
+
+class _PartialPublish(Exception):
+    def __init__(self, index: int) -> None:
+        self.index = index

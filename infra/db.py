@@ -1,0 +1,98 @@
+"""Engines and transactions, for PostgreSQL and SQLite alike."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+READ_ONLY = "bookmarket_read_only"
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain postgresql:// URLs and use psycopg 3 for them."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def engine_options(url: str) -> dict[str, Any]:
+    """create_engine keyword arguments for `url` (also handed to Flask-SQLAlchemy by the API)."""
+    if normalize_url(url).startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "connect_args": {"connect_timeout": 5}}
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`, prepared for our transactions."""
+    url = normalize_url(url)
+    return prepare_engine(sa.create_engine(url, **engine_options(url)))
+
+
+def prepare_engine(engine: Engine) -> Engine:
+    """SQLite gets WAL, a busy timeout and write transactions that take the lock up front (no upgrade deadlocks)."""
+    if engine.dialect.name != "sqlite":
+        return engine
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        for pragma in ("journal_mode=WAL", "busy_timeout=30000", "synchronous=NORMAL", "foreign_keys=ON"):
+            dbapi_conn.execute(f"PRAGMA {pragma}")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Database:
+    """The one way the application opens transactions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        return cls(make_engine(url))
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A read-write transaction, committed on success, rolled back on error."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only transaction (on SQLite it does not take the write lock)."""
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+            with conn.begin():
+                yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def reset_after_fork(db: Database) -> None:
+    """Drop connections inherited from a parent process (Celery prefork children, gunicorn workers)."""
+    db.engine.dispose(close=False)
+
+
+def sqlite_url_for(data_dir: str | os.PathLike[str]) -> str:
+    """The SQLite URL of the embedded default inside data_dir."""
+    return f"sqlite:///{Path(data_dir).resolve() / 'bookmarket.db'}"

@@ -1,0 +1,155 @@
+"""The database schema (SQLAlchemy Core). Alembic's migrations create exactly this."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite stores naive text; we store and read UTC)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+Time = UtcDateTime()
+
+books = sa.Table(
+    "books",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("price_cents", sa.Integer, nullable=False),
+)
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("customer_id", sa.Integer, nullable=False),
+    sa.Column("book_id", sa.Integer, sa.ForeignKey("books.id"), nullable=False),
+    sa.Column("qty", sa.Integer, nullable=False),
+    sa.Column("amount_cents", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("idempotency_key", sa.String(200), unique=True),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+)
+
+sagas = sa.Table(
+    "sagas",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id"), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("recoveries", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.Column("finished_at", Time),
+)
+
+saga_steps = sa.Table(
+    "saga_steps",
+    metadata,
+    sa.Column("saga_id", sa.Integer, sa.ForeignKey("sagas.id"), primary_key=True),
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("task_id", sa.String(64)),
+    sa.Column("provider_ref", sa.String(64)),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("started_at", Time),
+    sa.Column("finished_at", Time),
+    sa.Column("lease_until", Time),
+    # The step's outbox: a PENDING or WAITING step due at available_at and not yet dispatched needs a message.
+    sa.Column("available_at", Time),
+    sa.Column("dispatched_at", Time),
+    sa.Column("waited_s", sa.Float, nullable=False, default=0.0),
+)
+sa.Index("ix_saga_steps_due", saga_steps.c.status, saga_steps.c.available_at)
+
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id"), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("amount_cents", sa.Integer, nullable=False),
+    sa.Column("charge_ref", sa.String(64)),
+    sa.Column("refund_ref", sa.String(64)),
+    sa.Column("updated_at", Time, nullable=False),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id"), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("shipment_ref", sa.String(64)),
+    sa.Column("cancel_ref", sa.String(64)),
+    sa.Column("updated_at", Time, nullable=False),
+)
+
+# Read model for staff: every message to a customer and how it went.
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id"), nullable=False),
+    sa.Column("saga_id", sa.Integer, nullable=False),
+    sa.Column("step", sa.String(32), nullable=False),
+    sa.Column("customer_id", sa.Integer, nullable=False, index=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("message_ref", sa.String(64)),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.UniqueConstraint("saga_id", "step", name="uq_notifications_saga_step"),
+)
+
+# Read model for customers ("my page"): one row per order, kept current by the saga.
+customer_orders = sa.Table(
+    "customer_orders",
+    metadata,
+    sa.Column("order_id", sa.Integer, primary_key=True),
+    sa.Column("customer_id", sa.Integer, nullable=False),
+    sa.Column("book_id", sa.Integer, nullable=False),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("qty", sa.Integer, nullable=False),
+    sa.Column("amount_cents", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("saga_id", sa.Integer),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+)
+sa.Index("ix_customer_orders_customer_created", customer_orders.c.customer_id, customer_orders.c.order_id.desc())

@@ -1,0 +1,201 @@
+"""The orchestrator: a pure function from a saga's recorded state and one event to the commands that follow.
+
+No I/O here. The caller records the step's own outcome (SUCCEEDED, COMPENSATED or FAILED) and then carries out
+the commands in the same transaction: RunStep re-opens a step (a retry, or the next step), WaitStep parks it until
+its provider lets calls through, BeginCompensation and FinishSaga change the saga's status.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from saga.definition import SagaDefinition
+
+
+class SagaStatus(str, enum.Enum):
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    COMPENSATING = "COMPENSATING"
+    COMPENSATED = "COMPENSATED"
+    FAILED = "FAILED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
+
+
+class StepStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    WAITING = "WAITING"
+    SUCCEEDED = "SUCCEEDED"
+    COMPENSATED = "COMPENSATED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+    @property
+    def is_open(self) -> bool:
+        return self in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING)
+
+
+@dataclass(frozen=True)
+class StepState:
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    waited_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SagaState:
+    status: SagaStatus
+    steps: Mapping[str, StepState]
+    cancel_requested: bool = False
+
+    def step(self, name: str) -> StepState:
+        return self.steps.get(name) or StepState(name)
+
+    def with_step(self, name: str, status: StepStatus) -> SagaState:
+        steps = dict(self.steps)
+        steps[name] = replace(self.step(name), status=status)
+        return replace(self, steps=steps)
+
+    @property
+    def running_step(self) -> str | None:
+        return next((s.name for s in self.steps.values() if s.status is StepStatus.RUNNING), None)
+
+
+# Events: what happened.
+@dataclass(frozen=True)
+class Started:
+    pass
+
+
+@dataclass(frozen=True)
+class StepSucceeded:
+    step: str
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    step: str
+    error: str
+    permanent: bool = False
+    jitter: float = 0.5
+
+
+@dataclass(frozen=True)
+class StepBlocked:
+    """The step's provider refuses calls for now (circuit breaker open)."""
+
+    step: str
+    retry_after_s: float
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    reason: str = "cancelled by customer"
+
+
+Event = Started | StepSucceeded | StepFailed | StepBlocked | CancelRequested
+
+
+# Commands: what to do next.
+@dataclass(frozen=True)
+class RunStep:
+    step: str
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class WaitStep:
+    step: str
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class BeginCompensation:
+    reason: str
+
+
+@dataclass(frozen=True)
+class FinishSaga:
+    status: SagaStatus
+    reason: str | None = None
+
+
+Command = RunStep | WaitStep | BeginCompensation | FinishSaga
+
+
+def decide(definition: SagaDefinition, state: SagaState, event: Event) -> list[Command]:
+    """The commands that follow `event` for a saga in `state` (state as it was before the event's outcome)."""
+    if state.status.is_terminal:
+        return []
+    if isinstance(event, Started):
+        return [RunStep(definition.steps[0].name)]
+    if isinstance(event, StepSucceeded):
+        return _on_success(definition, state, event.step)
+    if isinstance(event, StepFailed):
+        return _on_failure(definition, state, event)
+    if isinstance(event, StepBlocked):
+        return _on_blocked(definition, state, event)
+    return _on_cancel(definition, state, event.reason)
+
+
+def _on_success(definition: SagaDefinition, state: SagaState, name: str) -> list[Command]:
+    if definition.is_compensation(name):
+        return _next_compensation(definition, state.with_step(name, StepStatus.COMPENSATED), reason=None)
+    return _forward(definition, state.with_step(name, StepStatus.SUCCEEDED), name)
+
+
+def _forward(definition: SagaDefinition, state: SagaState, done: str) -> list[Command]:
+    """After forward step `done` ended well (or best-effort failed): the next step, the end, or a cancel."""
+    if state.cancel_requested:
+        return _compensate(definition, state, "cancelled by customer")
+    following = definition.after(done)
+    return [RunStep(following.name)] if following else [FinishSaga(SagaStatus.COMPLETED)]
+
+
+def _on_failure(definition: SagaDefinition, state: SagaState, event: StepFailed) -> list[Command]:
+    step = definition.step(event.step)
+    attempts = state.step(event.step).attempts
+    if not event.permanent and attempts < step.retry.max_attempts:
+        return [RunStep(step.name, step.retry.delay(attempts, event.jitter))]
+    failed = state.with_step(step.name, StepStatus.FAILED)
+    reason = f"{step.name} failed: {event.error}"
+    if definition.is_compensation(step.name):
+        return [FinishSaga(SagaStatus.FAILED, reason)]
+    if step.best_effort:
+        return _forward(definition, failed, step.name)
+    return _compensate(definition, failed, reason)
+
+
+def _on_blocked(definition: SagaDefinition, state: SagaState, event: StepBlocked) -> list[Command]:
+    step = definition.step(event.step)
+    if state.step(step.name).waited_s + event.retry_after_s <= step.max_wait_s:
+        return [WaitStep(step.name, event.retry_after_s)]
+    failure = StepFailed(step.name, f"{step.provider} unavailable for over {step.max_wait_s:g}s", permanent=True)
+    return _on_failure(definition, state, failure)
+
+
+def _on_cancel(definition: SagaDefinition, state: SagaState, reason: str) -> list[Command]:
+    """A cancel acts now unless a step is in flight; then the flag set by the caller acts at the step's end."""
+    if state.status is SagaStatus.COMPENSATING or state.running_step is not None:
+        return []
+    return _compensate(definition, replace(state, cancel_requested=True), reason)
+
+
+def _compensate(definition: SagaDefinition, state: SagaState, reason: str) -> list[Command]:
+    return [BeginCompensation(reason), *_next_compensation(definition, state, reason)]
+
+
+def _next_compensation(definition: SagaDefinition, state: SagaState, reason: str | None) -> list[Command]:
+    """Undo the latest completed step not yet undone; when none is left the saga is COMPENSATED."""
+    for step in reversed(definition.steps):
+        comp = step.compensation
+        if comp and state.step(step.name).status is StepStatus.SUCCEEDED and state.step(comp).status not in (
+            StepStatus.COMPENSATED,
+        ):
+            return [RunStep(comp)]
+    return [FinishSaga(SagaStatus.COMPENSATED, reason)]

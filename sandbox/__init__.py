@@ -1,0 +1,1 @@
+"""Sandbox fakes of the third-party payment, delivery and messaging providers."""

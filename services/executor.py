@@ -1,0 +1,149 @@
+"""Carries out the orchestrator's commands inside the caller's transaction.
+
+Local steps (no provider) run right here, in the same transaction that recorded the step before them, each with
+its own step row; provider steps are opened in the step table (the outbox) and returned for publishing after
+the commit.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from sqlalchemy.engine import Connection
+
+from domain.errors import DomainError
+from domain.model import OrderStatus
+from infra import repository as repo
+from infra.repository import SagaRecord
+from saga.definition import SagaDefinition
+from saga.order_saga import definition_for, order_outcome
+from saga.orchestrator import (
+    BeginCompensation,
+    Command,
+    Event,
+    FinishSaga,
+    RunStep,
+    SagaState,
+    SagaStatus,
+    StepFailed,
+    StepStatus,
+    StepSucceeded,
+    WaitStep,
+    decide,
+)
+from services.effects import LOCAL_STEPS
+
+Dispatch = tuple[int, str]
+
+
+class Executor:
+    """Applies commands for one saga within one transaction; collects the dispatches to publish after commit."""
+
+    def __init__(self, conn: Connection, saga: SagaRecord, now: datetime) -> None:
+        self.conn = conn
+        self.saga = saga
+        self.definition: SagaDefinition = definition_for(saga.kind)
+        self.state: SagaState = saga.state()
+        self.now = now
+        self.dispatches: list[Dispatch] = []
+
+    def handle(self, event: Event, outcome: StepStatus | None = None) -> list[Dispatch]:
+        """Decide on `event` (after noting the event's step as `outcome`) and apply every resulting command."""
+        commands = decide(self.definition, self.state, event)
+        if outcome is not None and hasattr(event, "step"):
+            self.state = self.state.with_step(event.step, outcome)
+        return self.run(commands)
+
+    def run(self, commands: list[Command]) -> list[Dispatch]:
+        """Apply `commands` and those that local steps lead to; returns the dispatches to publish."""
+        pending = list(commands)
+        while pending:
+            pending.extend(self._apply(pending.pop(0)))
+        return self.dispatches
+
+    def _apply(self, command: Command) -> list[Command]:
+        if isinstance(command, RunStep):
+            return self._run(command)
+        if isinstance(command, WaitStep):
+            self._wait(command)
+        elif isinstance(command, BeginCompensation):
+            self._begin_compensation(command.reason)
+        elif isinstance(command, FinishSaga):
+            self._finish(command)
+        return []
+
+    def _run(self, command: RunStep) -> list[Command]:
+        step = self.definition.step(command.step)
+        if step.name in LOCAL_STEPS:
+            return self._run_local(step.name)
+        position = self._position(step.name)
+        due = self.now + timedelta(seconds=command.delay_s)
+        immediate = command.delay_s <= 0
+        repo.open_step(self.conn, self.saga.id, step.name, position, step.retry.max_attempts, due, immediate)
+        self.state = self.state.with_step(step.name, StepStatus.PENDING)
+        if immediate:
+            self.dispatches.append((self.saga.id, step.name))
+        return []
+
+    def _run_local(self, name: str) -> list[Command]:
+        """Change the order as the local step says, record the step, and decide what follows it."""
+        attempts = self.state.step(name).attempts + 1
+        try:
+            self._set_order_status(LOCAL_STEPS[name])
+        except DomainError as exc:
+            repo.update_step(self.conn, self.saga.id, name, status=StepStatus.FAILED.value, attempts=attempts,
+                             started_at=self.now, finished_at=self.now, error=str(exc))
+            failed = decide(self.definition, self.state, StepFailed(name, str(exc), permanent=True))
+            self.state = self.state.with_step(name, StepStatus.FAILED)
+            return failed
+        repo.update_step(self.conn, self.saga.id, name, status=StepStatus.SUCCEEDED.value, attempts=attempts,
+                         started_at=self.now, finished_at=self.now, error=None)
+        following = decide(self.definition, self.state, StepSucceeded(name))
+        self.state = self.state.with_step(name, StepStatus.SUCCEEDED)
+        return following
+
+    def _wait(self, command: WaitStep) -> None:
+        """The provider refuses calls for now: park the step, giving back the attempt it did not really make."""
+        row = self.saga.steps[command.step]
+        repo.update_step(
+            self.conn, self.saga.id, command.step, status=StepStatus.WAITING.value,
+            attempts=max(row.attempts - 1, 0), waited_s=row.waited_s + command.delay_s, lease_until=None,
+            available_at=self.now + timedelta(seconds=command.delay_s), dispatched_at=None, finished_at=None,
+        )
+        self.state = self.state.with_step(command.step, StepStatus.WAITING)
+
+    def _begin_compensation(self, reason: str) -> None:
+        repo.skip_open_steps(self.conn, self.saga.id, self.now)
+        repo.update_saga(self.conn, self.saga.id, status=SagaStatus.COMPENSATING.value, reason=reason)
+        self.state = replace(self.state, status=SagaStatus.COMPENSATING)
+
+    def _finish(self, command: FinishSaga) -> None:
+        repo.skip_open_steps(self.conn, self.saga.id, self.now)
+        values: dict[str, object] = {"status": command.status.value, "finished_at": self.now}
+        if command.reason is not None:
+            values["reason"] = command.reason
+        repo.update_saga(self.conn, self.saga.id, **values)
+        confirmed = self.state.step("confirm").status is StepStatus.SUCCEEDED
+        outcome = order_outcome(command.status, self.state.cancel_requested, confirmed)
+        if outcome is not None:
+            self._set_order_status(outcome, command.reason or self.saga.reason)
+        self.state = replace(self.state, status=command.status)
+
+    def _set_order_status(self, status: OrderStatus, reason: str | None = None) -> None:
+        order = repo.get_order(self.conn, self.saga.order_id)
+        assert order is not None
+        order.move_to(status, reason)
+        repo.save_order_status(self.conn, order)
+
+    def _position(self, name: str) -> int:
+        row = self.saga.steps.get(name)
+        if row is not None:
+            return int(row.position)
+        names = self.definition.step_names + tuple(c.name for c in self.definition.compensations)
+        return names.index(name)
+
+
+def jitter() -> float:
+    """A random fraction in [0, 1) for retry backoff."""
+    return random.random()

@@ -1,0 +1,141 @@
+"""Placing orders and reading them back: the use cases behind the HTTP API."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy.exc
+
+from domain.errors import IdempotencyConflict, OrderNotFound, SagaNotFound, UnknownBook
+from domain.model import Book, Order, OrderStatus, check_quantity, utcnow
+from infra import repository as repo
+from saga.order_saga import ORDER_SAGA
+from saga.orchestrator import Started
+from services.executor import Executor
+from services.runtime import Runtime
+from services.steps import publish
+
+
+@dataclass(frozen=True)
+class PlaceOrder:
+    customer_id: int
+    book_id: int
+    qty: int
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    order: Order
+    saga_id: int | None
+    created: bool
+
+
+def place_order(rt: Runtime, cmd: PlaceOrder) -> PlacedOrder:
+    """Commit the order, its saga, its steps and the first dispatch in one transaction, then publish."""
+    check_quantity(cmd.qty)
+    if cmd.idempotency_key:
+        existing = _replay(rt, cmd)
+        if existing:
+            return existing
+    try:
+        placed, dispatches = _insert(rt, cmd)
+    except sqlalchemy.exc.IntegrityError:
+        replay = _replay(rt, cmd) if cmd.idempotency_key else None
+        if replay is None:
+            raise
+        return replay
+    publish(rt, dispatches)
+    return placed
+
+
+def _insert(rt: Runtime, cmd: PlaceOrder) -> tuple[PlacedOrder, list[tuple[int, str]]]:
+    now = utcnow()
+    with rt.db.transaction() as conn:
+        book = repo.get_book(conn, cmd.book_id)
+        if book is None:
+            raise UnknownBook(cmd.book_id)
+        order = Order.place(cmd.customer_id, book, cmd.qty)
+        order_id = repo.add_order(conn, order, book.title, cmd.idempotency_key)
+        saga_id = repo.create_saga(conn, ORDER_SAGA, order_id, now)
+        saga = repo.load_saga(conn, saga_id)
+        assert saga is not None
+        dispatches = Executor(conn, saga, now).handle(Started())
+    return PlacedOrder(order, saga_id, created=True), dispatches
+
+
+def _replay(rt: Runtime, cmd: PlaceOrder) -> PlacedOrder | None:
+    """The order an earlier request with the same Idempotency-Key created, if any."""
+    assert cmd.idempotency_key
+    with rt.db.reading() as conn:
+        order = repo.find_order_by_key(conn, cmd.idempotency_key)
+        if order is None:
+            return None
+        if (order.customer_id, order.book_id, order.qty) != (cmd.customer_id, cmd.book_id, cmd.qty):
+            raise IdempotencyConflict(cmd.idempotency_key)
+        return PlacedOrder(order, _order_saga_id(conn, order), created=False)
+
+
+def _order_saga_id(conn: Any, order: Order) -> int | None:
+    sagas = repo.sagas_of_order(conn, order.id)
+    return sagas[0].id if sagas else None
+
+
+@dataclass(frozen=True)
+class OrderView:
+    order: Order
+    saga_id: int | None
+    title: str
+
+
+def get_order(rt: Runtime, order_id: int) -> OrderView:
+    with rt.db.reading() as conn:
+        order = repo.get_order(conn, order_id)
+        if order is None:
+            raise OrderNotFound(order_id)
+        book = repo.get_book(conn, order.book_id)
+        return OrderView(order, _order_saga_id(conn, order), book.title if book else "")
+
+
+SETTLED = (OrderStatus.PAID, OrderStatus.SHIPPED, OrderStatus.REJECTED, OrderStatus.CANCELLED)
+
+
+def wait_for_payment(rt: Runtime, order_id: int, timeout_s: float, poll_s: float = 0.05) -> OrderView:
+    """Poll the database (the truth, never a Celery result) until payment is settled or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    view = get_order(rt, order_id)
+    while view.order.status not in SETTLED and time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
+        poll_s = min(poll_s * 1.5, 0.5)
+        view = get_order(rt, order_id)
+    return view
+
+
+@dataclass(frozen=True)
+class SagaView:
+    saga: Any
+    steps: list[Any]
+
+
+def get_saga(rt: Runtime, saga_id: int) -> SagaView:
+    with rt.db.reading() as conn:
+        saga = repo.saga_row(conn, saga_id)
+        if saga is None:
+            raise SagaNotFound(saga_id)
+        return SagaView(saga, list(repo.saga_step_rows(conn, saga_id)))
+
+
+def list_books(rt: Runtime) -> list[Book]:
+    with rt.db.reading() as conn:
+        return repo.list_books(conn)
+
+
+def customer_orders(rt: Runtime, customer_id: int, page: int, page_size: int) -> tuple[list[Any], int]:
+    with rt.db.reading() as conn:
+        return repo.customer_order_page(conn, customer_id, (page - 1) * page_size, page_size)
+
+
+def notifications(rt: Runtime, customer_id: int | None, page: int, page_size: int) -> tuple[list[Any], int]:
+    with rt.db.reading() as conn:
+        return repo.notification_page(conn, customer_id, (page - 1) * page_size, page_size)

@@ -1,0 +1,105 @@
+"""Running one provider step: claim it, call the provider outside any transaction, record the outcome."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from domain.model import utcnow
+from infra import repository as repo
+from infra.providers import PaymentDeclined, ProviderError, ProviderRefused
+from saga.order_saga import definition_for
+from saga.orchestrator import Event, StepFailed, StepStatus, StepSucceeded
+from services.effects import ACTIONS, StepContext, load_context, record_failure, record_success
+from services.executor import Dispatch, Executor, jitter
+from services.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    context: StepContext
+    number: int
+
+
+def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -> str:
+    """Run `step` of saga `saga_id` once; a duplicate or late delivery finds nothing to claim and does nothing."""
+    attempt = claim(rt, saga_id, step, task_id)
+    if attempt is None:
+        return "not claimed"
+    event, reply = perform(rt, attempt.context)
+    dispatches = record(rt, attempt, event, reply)
+    publish(rt, dispatches)
+    return type(event).__name__
+
+
+def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt | None:
+    with rt.db.transaction() as conn:
+        number = repo.claim_step(conn, saga_id, step, rt.settings.step_lease_s, task_id)
+        if number is None:
+            return None
+        saga = repo.saga_row(conn, saga_id)
+        return Attempt(load_context(conn, saga_id, step, saga.order_id), number)
+
+
+def perform(rt: Runtime, context: StepContext) -> tuple[Event, object]:
+    """Call the step's provider and translate the answer into an orchestrator event."""
+    try:
+        reply = ACTIONS[context.step](rt.providers, context)
+    except PaymentDeclined as exc:
+        return StepFailed(context.step, str(exc), permanent=True), exc
+    except ProviderRefused as exc:
+        return StepFailed(context.step, str(exc), permanent=True), None
+    except ProviderError as exc:
+        return StepFailed(context.step, str(exc), permanent=False, jitter=jitter()), None
+    return StepSucceeded(context.step), reply
+
+
+def record(rt: Runtime, attempt: Attempt, event: Event, reply: object) -> list[Dispatch]:
+    """In one transaction: the step's outcome, its domain change, and the orchestrator's next commands."""
+    ctx = attempt.context
+    now = utcnow()
+    with rt.db.transaction() as conn:
+        saga = repo.load_saga(conn, ctx.saga_id, lock=True)
+        assert saga is not None
+        definition = definition_for(saga.kind)
+        outcome = _outcome(definition.is_compensation(ctx.step), event)
+        values = {"status": outcome.value, "finished_at": now,
+                  "error": getattr(event, "error", None), **_reference(reply)}
+        if not repo.close_step(conn, ctx.saga_id, ctx.step, attempt.number, values):
+            log.warning("saga %s step %s attempt %s lost its lease; outcome dropped", ctx.saga_id, ctx.step,
+                        attempt.number)
+            return []
+        executor = Executor(conn, saga, now)
+        dispatches = executor.handle(event, outcome)
+        _record_effects(conn, executor, ctx, event, reply)
+        return dispatches
+
+
+def _outcome(is_compensation: bool, event: Event) -> StepStatus:
+    if isinstance(event, StepSucceeded):
+        return StepStatus.COMPENSATED if is_compensation else StepStatus.SUCCEEDED
+    return StepStatus.FAILED
+
+
+def _reference(reply: object) -> dict[str, str]:
+    reference = getattr(reply, "reference", None)
+    return {"provider_ref": reference} if reference else {}
+
+
+def _record_effects(conn: object, executor: Executor, ctx: StepContext, event: Event, reply: object) -> None:
+    if isinstance(event, StepSucceeded):
+        record_success(conn, ctx, reply)  # type: ignore[arg-type]
+        return
+    assert isinstance(event, StepFailed)
+    final = executor.state.step(ctx.step).status is StepStatus.FAILED
+    record_failure(conn, ctx, event.error, final, isinstance(reply, PaymentDeclined))  # type: ignore[arg-type]
+
+
+def publish(rt: Runtime, dispatches: Sequence[Dispatch]) -> None:
+    """Send the committed dispatches; what the broker refused is left to the sweeper."""
+    failed = rt.publisher.publish(dispatches)
+    if failed:
+        with rt.db.transaction() as conn:
+            repo.clear_dispatch(conn, failed)

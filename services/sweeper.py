@@ -1,0 +1,78 @@
+"""The recovery sweeper: sends what was committed but never sent, and takes back steps whose worker vanished."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from domain.model import utcnow
+from infra import repository as repo
+from saga.orchestrator import FinishSaga, SagaStatus, StepFailed, StepStatus
+from services.executor import Dispatch, Executor, jitter
+from services.runtime import Runtime
+from services.steps import publish
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    dispatched: int
+    recovered: int
+    parked: int
+
+
+def sweep(rt: Runtime) -> SweepReport:
+    """One pass: recover expired leases, then publish every due and unsent step."""
+    recovered, parked = 0, 0
+    now = utcnow()
+    with rt.db.reading() as conn:
+        expired = repo.expired_leases(conn, now, BATCH)
+    for saga_id, step in expired:
+        outcome = recover(rt, saga_id, step)
+        recovered += outcome == "recovered"
+        parked += outcome == "parked"
+    dispatched = dispatch_due(rt)
+    if dispatched or recovered or parked:
+        log.info("sweep: dispatched=%d recovered=%d parked=%d", dispatched, recovered, parked)
+    return SweepReport(dispatched, recovered, parked)
+
+
+def dispatch_due(rt: Runtime) -> int:
+    """Publish due steps that were never sent, or were sent so long ago that the message was surely lost."""
+    now = utcnow()
+    with rt.db.transaction() as conn:
+        due = repo.due_dispatches(conn, now, now - timedelta(seconds=rt.settings.redispatch_after_s), BATCH)
+        repo.mark_dispatched(conn, due, now)
+    publish(rt, due)
+    return len(due)
+
+
+def recover(rt: Runtime, saga_id: int, step: str) -> str:
+    """A step RUNNING past its lease counts as a failed attempt; a saga recovered too often is parked FAILED."""
+    now = utcnow()
+    dispatches: list[Dispatch] = []
+    with rt.db.transaction() as conn:
+        saga = repo.load_saga(conn, saga_id, lock=True)
+        row = saga.steps.get(step) if saga else None
+        if saga is None or row is None or not _lease_expired(row, now):
+            return "gone"
+        recoveries = (repo.saga_row(conn, saga_id).recoveries or 0) + 1
+        error = f"lease expired: the worker running attempt {row.attempts} was lost"
+        repo.close_step(conn, saga_id, step, row.attempts, {"status": "FAILED", "error": error, "finished_at": now})
+        repo.update_saga(conn, saga_id, recoveries=recoveries)
+        executor = Executor(conn, saga, now)
+        if recoveries > rt.settings.max_recoveries:
+            reason = f"parked after {recoveries} recoveries: {error} (step {step})"
+            executor.run([FinishSaga(SagaStatus.FAILED, reason)])
+            return "parked"
+        dispatches = executor.handle(StepFailed(step, error, permanent=False, jitter=jitter()), StepStatus.FAILED)
+    publish(rt, dispatches)
+    return "recovered"
+
+
+def _lease_expired(row: object, now: object) -> bool:
+    lease_until = getattr(row, "lease_until", None)
+    return getattr(row, "status", None) == StepStatus.RUNNING.value and lease_until is not None and lease_until < now

@@ -1,0 +1,71 @@
+"""The Celery application with Book Market's tasks: one task per provider step (`saga.pay`...) and the sweeper."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init
+
+from infra.broker import make_celery, task_name
+from infra.config import Settings
+from saga.order_saga import DEFINITIONS
+from services.effects import ACTIONS
+from services.runtime import Runtime, build_runtime
+from services.steps import run_step
+from services.sweeper import sweep
+
+log = logging.getLogger(__name__)
+
+
+class _Holder:
+    """The per-process runtime, built lazily after the fork so no connection is shared between processes."""
+
+    def __init__(self, settings: Settings, celery: Celery) -> None:
+        self.settings = settings
+        self.celery = celery
+        self.runtime: Runtime | None = None
+
+    def get(self) -> Runtime:
+        if self.runtime is None:
+            self.runtime = build_runtime(self.settings, self.celery)
+        return self.runtime
+
+    def reset(self, **_: Any) -> None:
+        self.runtime = None
+
+
+def provider_steps() -> list[str]:
+    """Every step, in every saga definition, that calls a provider and so travels as a task."""
+    names = {s.name for d in DEFINITIONS.values() for s in d.steps + d.compensations if not s.is_local}
+    missing = names - ACTIONS.keys()
+    if missing:
+        raise RuntimeError(f"steps without an action: {sorted(missing)}")
+    return sorted(names)
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    """Build the Celery app and register the step tasks and the sweeper on it."""
+    settings = settings or Settings.from_env()
+    app = make_celery(settings)
+    holder = _Holder(settings, app)
+    worker_process_init.connect(holder.reset, weak=False)
+    for step in provider_steps():
+        _register_step(app, holder, step)
+
+    @app.task(name="saga.sweep", ignore_result=True, acks_late=False)
+    def sweep_task() -> dict[str, int]:
+        report = sweep(holder.get())
+        return {"dispatched": report.dispatched, "recovered": report.recovered, "parked": report.parked}
+
+    app.conf.bookmarket_holder = holder
+    return app
+
+
+def _register_step(app: Celery, holder: _Holder, step: str) -> None:
+    def run(task: Task, saga_id: int) -> str:
+        return run_step(holder.get(), int(saga_id), step, task.request.id)
+
+    run.__name__ = f"run_{step}"
+    run.__doc__ = f"Run step {step!r} of a saga (ids only; a repeat does nothing)."
+    app.task(name=task_name(step), bind=True)(run)
