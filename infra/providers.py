@@ -58,7 +58,7 @@ class HttpProvider:
             return ProviderReply(str(body.get("id", "")), body)
         detail = f"{self.name} answered {response.status_code}: {body.get('detail') or body.get('title') or ''}"
         if response.status_code == 402:
-            raise PaymentDeclined(detail.strip())
+            raise PaymentDeclined(f"payment declined: {body.get('detail') or body.get('title') or 'no reason'}")
         if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
             raise ProviderRefused(detail.strip())
         raise ProviderError(detail.strip())

@@ -1,0 +1,103 @@
+"""The integration stack: a migrated database (SQLite or PostgreSQL), real Redis, the sandbox server, a real
+Celery worker process with the sweeper, and the API's Flask app on the same settings."""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+
+from api.app import create_app
+from infra.config import Settings
+from infra.migrate import upgrade
+from tests.conftest import create_pg_database
+from tests.support import ProcessHandle, Sandbox, free_port, start_sandbox, start_worker, wait_until
+
+TERMINAL_SAGA = {"COMPLETED", "COMPENSATED", "FAILED"}
+
+
+@dataclass
+class Stack:
+    backend: str
+    env: dict[str, str]
+    settings: Settings
+    client: Any
+    sandbox: Sandbox
+    worker: ProcessHandle
+
+    def post_order(self, customer_id: int = 1, book_id: int = 1, qty: int = 1, **headers: str) -> Any:
+        return self.client.post("/orders", json={"customer_id": customer_id, "book_id": book_id, "qty": qty},
+                                headers=headers)
+
+    def order(self, order_id: int) -> dict[str, Any]:
+        return self.client.get(f"/orders/{order_id}").get_json()
+
+    def saga(self, saga_id: int) -> dict[str, Any]:
+        return self.client.get(f"/sagas/{saga_id}").get_json()
+
+    def wait_saga(self, saga_id: int, timeout: float = 30) -> dict[str, Any]:
+        """Poll the saga table (through the API) until the saga is terminal."""
+        def done() -> dict[str, Any] | None:
+            saga = self.saga(saga_id)
+            return saga if saga["status"] in TERMINAL_SAGA else None
+
+        try:
+            return wait_until(done, timeout, 0.1, f"saga {saga_id} to end")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nsaga: {self.saga(saga_id)}\nworker log:\n{self.worker.log_tail()}") from None
+
+    def steps(self, saga: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {s["name"]: s for s in saga["steps"]}
+
+
+def stack_env(database_url: str, sandbox_url: str, queue: str) -> dict[str, str]:
+    return dict(
+        os.environ,
+        DATABASE_URL=database_url,
+        REDIS_URL=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        SAGA_QUEUE=queue,
+        SANDBOX_URL=sandbox_url,
+        PAYMENT_URL=f"{sandbox_url}/payment",
+        DELIVERY_URL=f"{sandbox_url}/delivery",
+        MESSAGING_URL=f"{sandbox_url}/messaging",
+        SWEEP_INTERVAL_S="0.5",
+        PROVIDER_TIMEOUT_S="2",
+        STEP_LEASE_S="10",
+    )
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_server: str,
+          redis_server: str) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
+    drop = None
+    if request.param == "sqlite":
+        database_url = f"sqlite:///{tmp / 'bookmarket.db'}"
+    else:
+        database_url, drop = create_pg_database(postgres_server)
+    upgrade(database_url)
+    sandbox = start_sandbox(free_port(), tmp)
+    env = stack_env(database_url, sandbox.url, f"saga-test-{uuid.uuid4().hex[:8]}")
+    worker = start_worker(env, tmp / "worker.log", beat_schedule=tmp / "beat-schedule")
+    settings = Settings.from_env(env)
+    app = create_app(settings)
+    try:
+        yield Stack(request.param, env, settings, app.test_client(), Sandbox(sandbox.url), worker)
+    finally:
+        worker.stop()
+        sandbox.stop()
+        app.extensions["bookmarket"].close()
+        redis.Redis.from_url(env["REDIS_URL"]).delete(env["SAGA_QUEUE"])
+        if drop:
+            drop()
+
+
+@pytest.fixture
+def live(stack: Stack) -> Stack:
+    """The stack with the sandbox reset to well-behaved providers."""
+    stack.sandbox.reset()
+    return stack

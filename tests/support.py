@@ -1,0 +1,128 @@
+"""Helpers for tests that run real processes: free ports, the sandbox, Celery workers, polling."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ProcessHandle:
+    proc: subprocess.Popen[bytes]
+    url: str = ""
+    log: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        """Stop the process group; SIGKILL after `timeout`."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(argv, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=str(ROOT))
+
+
+def wait_until(check: Callable[[], T], timeout: float = 30, interval: float = 0.1, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            return requests.get(url, timeout=1).status_code < 500
+        except requests.RequestException:
+            return False
+
+    wait_until(ready, timeout, 0.1, f"{url} to answer")
+
+
+def start_sandbox(port: int, log_dir: Path | None = None) -> ProcessHandle:
+    """The sandbox providers under gunicorn (one process, many threads), as `bookmarket up` runs them."""
+    log = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"sandbox-{port}.log"
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+            "--worker-class", "gthread", "--threads", "64", "--graceful-timeout", "1", "sandbox.wsgi:app"]
+    proc = spawn(argv, dict(os.environ), log)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health", proc)
+    return ProcessHandle(proc, url, log)
+
+
+def start_worker(env: dict[str, str], log: Path, concurrency: int = 2, beat_schedule: Path | None = None,
+                 name: str = "w1") -> ProcessHandle:
+    """A real Celery worker process (prefork) on the given environment, optionally with the sweeper beat."""
+    argv = [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "--loglevel", "INFO",
+            "--concurrency", str(concurrency), "--queues", env["SAGA_QUEUE"], "--without-mingle",
+            "--without-gossip", "--hostname", f"{name}@%h"]
+    if beat_schedule is not None:
+        argv += ["--beat", "--schedule", str(beat_schedule)]
+    proc = spawn(argv, env, log)
+    handle = ProcessHandle(proc, log=log)
+    wait_until(lambda: proc.poll() is not None or "ready." in log.read_text(errors="replace"), 60, 0.1,
+               "the worker to be ready")
+    if proc.poll() is not None:
+        raise AssertionError(f"worker exited: {handle.log_tail()}")
+    return handle
+
+
+class Sandbox:
+    """A small client for the sandbox's behaviour and ledgers."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def reset(self) -> None:
+        requests.post(f"{self.url}/reset", timeout=5).raise_for_status()
+
+    def behave(self, provider: str, **behavior: Any) -> None:
+        requests.put(f"{self.url}/{provider}/behavior", json=behavior, timeout=5).raise_for_status()
+
+    def ledger(self, provider: str, order_id: int | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        entries = requests.get(f"{self.url}/{provider}/ledger", timeout=5).json()
+        return [e for e in entries
+                if (order_id is None or e["order_id"] == order_id) and (kind is None or e["kind"] == kind)]
