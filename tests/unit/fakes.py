@@ -1,0 +1,66 @@
+"""In-process stand-ins for the API's unit tests: a publisher that records, a runtime on a SQLite file.
+
+No broker, no worker, no network: providers point at a port nothing is ever asked on.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from infra import migrate
+from infra.config import Settings
+from infra.db import Database
+from infra.providers import Providers
+from services.runtime import Runtime
+
+NOWHERE = "http://127.0.0.1:9"
+
+
+class RecordingPublisher:
+    """Same interface as infra.broker.Publisher; records every (saga_id, step) it is asked to send."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.app: Any = None
+        self.queue = "saga"
+        self.fail = fail
+        self.sent: list[tuple[int, str]] = []
+
+    def publish(self, dispatches: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
+        """Record the dispatches; answer them all as failed when `fail` is set, none otherwise."""
+        batch = [(int(saga_id), str(step)) for saga_id, step in dispatches]
+        if self.fail:
+            return batch
+        self.sent.extend(batch)
+        return []
+
+
+def settings_for(database_url: str) -> Settings:
+    return Settings.from_env({
+        "DATABASE_URL": database_url,
+        "REDIS_URL": "redis://127.0.0.1:9/0",
+        "PAYMENT_URL": f"{NOWHERE}/payment",
+        "DELIVERY_URL": f"{NOWHERE}/delivery",
+        "MESSAGING_URL": f"{NOWHERE}/messaging",
+        "PROVIDER_TIMEOUT_S": "1",
+        "PUBLISH_TIMEOUT_S": "1",
+    })
+
+
+def runtime_for(database_url: str, publisher: RecordingPublisher | None = None) -> Runtime:
+    """A Runtime on `database_url` (not migrated here) with a recording publisher."""
+    settings = settings_for(database_url)
+    return Runtime(
+        settings=settings,
+        db=Database.from_url(database_url),
+        providers=Providers.from_urls(settings.payment_url, settings.delivery_url, settings.messaging_url,
+                                      settings.provider_timeout_s),
+        publisher=publisher if publisher is not None else RecordingPublisher(),  # type: ignore[arg-type]
+    )
+
+
+def make_runtime(tmp_path: Path, publisher: RecordingPublisher | None = None) -> Runtime:
+    """A migrated, seeded SQLite database in tmp_path and a Runtime on it."""
+    url = f"sqlite:///{(Path(tmp_path) / 'bookmarket.db').resolve()}"
+    migrate.upgrade(url)
+    return runtime_for(url, publisher)
