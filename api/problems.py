@@ -9,7 +9,15 @@ from flask import Flask, Response, json
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from domain.errors import DomainError, IdempotencyConflict, InvalidQuantity, InvalidTransition, NotFound, UnknownBook
+from domain.errors import (
+    DomainError,
+    IdempotencyConflict,
+    InvalidQuantity,
+    InvalidTransition,
+    NotFound,
+    SagaNeedsSupport,
+    UnknownBook,
+)
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -38,6 +46,9 @@ class ProblemApi(Api):  # type: ignore[misc]
         headers.pop("Content-Type", None)
         data = getattr(error, "data", None) or {}
         errors = _flatten(data.get("messages")) if data.get("messages") else None
+        if errors and set(errors) == {"_"}:  # a message about the whole body, not a field
+            detail, errors = _detail(errors).removeprefix("_: "), None
+            return problem(status, error.name, detail, headers)
         detail = _detail(errors) if errors else (error.description or "")
         extra = {"errors": errors} if errors else {}
         return problem(status, error.name, detail, headers, **extra)
@@ -66,6 +77,7 @@ def register_problem_handlers(app: Flask) -> None:
     app.register_error_handler(NotFound, lambda e: problem(404, "Not Found", str(e)))
     app.register_error_handler(IdempotencyConflict, lambda e: problem(409, "Conflict", str(e)))
     app.register_error_handler(InvalidTransition, lambda e: problem(409, "Conflict", str(e)))
+    app.register_error_handler(SagaNeedsSupport, lambda e: problem(409, "Conflict", str(e)))
     app.register_error_handler(DomainError, lambda e: problem(422, "Unprocessable Entity", str(e)))
     app.register_error_handler(sqlalchemy.exc.OperationalError, _database_down)
     app.register_error_handler(sqlalchemy.exc.InterfaceError, _database_down)

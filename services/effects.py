@@ -16,6 +16,7 @@ from domain.model import (
     Order,
     OrderStatus,
     PaymentStatus,
+    cancellation_message,
     shipping_message,
 )
 from infra import repository as repo
@@ -61,15 +62,23 @@ ACTIONS: dict[str, Action] = {
     "pay": lambda p, c: p.payment.charge(c.key, c.order_id, c.order.customer_id, c.order.amount_cents),
     "ship": lambda p, c: p.delivery.ship(c.key, c.order_id, c.order.customer_id, c.order.book_id, c.order.qty),
     "notify": lambda p, c: p.messaging.send(c.key, c.order_id, c.order.customer_id, message_text(c)),
+    "notify_cancelled": lambda p, c: p.messaging.send(c.key, c.order_id, c.order.customer_id, message_text(c)),
     "cancel_payment": _refund,
     "cancel_delivery": _cancel_delivery,
 }
 
 # Steps that change only our database: the order status they set.
-LOCAL_STEPS: dict[str, OrderStatus] = {"confirm": OrderStatus.PAID, "mark_shipped": OrderStatus.SHIPPED}
+LOCAL_STEPS: dict[str, OrderStatus] = {
+    "confirm": OrderStatus.PAID,
+    "mark_shipped": OrderStatus.SHIPPED,
+    "mark_cancelled": OrderStatus.CANCELLED,
+}
+MESSAGE_STEPS = ("notify", "notify_cancelled")
 
 
 def message_text(c: StepContext) -> str:
+    if c.step == "notify_cancelled":
+        return cancellation_message(c.order_id, c.title)
     return shipping_message(c.order_id, c.title)
 
 
@@ -84,7 +93,7 @@ def record_success(conn: Connection, c: StepContext, reply: ProviderReply) -> No
         repo.save_delivery(conn, c.order_id, status=DeliveryStatus.SHIPPED.value, shipment_ref=reply.reference)
     elif c.step == "cancel_delivery":
         repo.save_delivery(conn, c.order_id, status=DeliveryStatus.CANCELLED.value, cancel_ref=reply.reference)
-    elif c.step == "notify":
+    elif c.step in MESSAGE_STEPS:
         _save_message(conn, c, NotificationStatus.SENT, error=None, ref=reply.reference)
 
 
@@ -92,7 +101,7 @@ def record_failure(conn: Connection, c: StepContext, error: str, final: bool, de
     """Write what a failed attempt means for our records (a declined payment, a message not sent)."""
     if c.step == "pay" and declined:
         repo.save_payment(conn, c.order_id, status=PaymentStatus.DECLINED.value, amount_cents=c.order.amount_cents)
-    elif c.step == "notify":
+    elif c.step in MESSAGE_STEPS:
         _save_message(conn, c, NotificationStatus.FAILED if final else NotificationStatus.PENDING, error, None)
 
 

@@ -7,6 +7,7 @@ the commit.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -17,7 +18,7 @@ from domain.model import OrderStatus
 from infra import repository as repo
 from infra.repository import SagaRecord
 from saga.definition import SagaDefinition
-from saga.order_saga import definition_for, order_outcome
+from saga.order_saga import DEFINITIONS, order_outcome
 from saga.orchestrator import (
     BeginCompensation,
     Command,
@@ -40,10 +41,11 @@ Dispatch = tuple[int, str]
 class Executor:
     """Applies commands for one saga within one transaction; collects the dispatches to publish after commit."""
 
-    def __init__(self, conn: Connection, saga: SagaRecord, now: datetime) -> None:
+    def __init__(self, conn: Connection, saga: SagaRecord, now: datetime,
+                 definitions: Mapping[str, SagaDefinition] = DEFINITIONS) -> None:
         self.conn = conn
         self.saga = saga
-        self.definition: SagaDefinition = definition_for(saga.kind)
+        self.definition: SagaDefinition = definitions[saga.kind]
         self.state: SagaState = saga.state()
         self.now = now
         self.dispatches: list[Dispatch] = []
@@ -90,7 +92,7 @@ class Executor:
         """Change the order as the local step says, record the step, and decide what follows it."""
         attempts = self.state.step(name).attempts + 1
         try:
-            self._set_order_status(LOCAL_STEPS[name])
+            self._set_order_status(LOCAL_STEPS[name], self.saga.reason)
         except DomainError as exc:
             repo.update_step(self.conn, self.saga.id, name, status=StepStatus.FAILED.value, attempts=attempts,
                              started_at=self.now, finished_at=self.now, error=str(exc))
@@ -113,9 +115,13 @@ class Executor:
         )
         self.state = self.state.with_step(command.step, StepStatus.WAITING)
 
-    def _begin_compensation(self, reason: str) -> None:
+    def _begin_compensation(self, reason: str | None) -> None:
         repo.skip_open_steps(self.conn, self.saga.id, self.now)
-        repo.update_saga(self.conn, self.saga.id, status=SagaStatus.COMPENSATING.value, reason=reason)
+        values = {"status": SagaStatus.COMPENSATING.value}
+        if reason is not None:
+            values["reason"] = reason
+            self.saga.reason = reason
+        repo.update_saga(self.conn, self.saga.id, **values)
         self.state = replace(self.state, status=SagaStatus.COMPENSATING)
 
     def _finish(self, command: FinishSaga) -> None:
@@ -125,7 +131,7 @@ class Executor:
             values["reason"] = command.reason
         repo.update_saga(self.conn, self.saga.id, **values)
         confirmed = self.state.step("confirm").status is StepStatus.SUCCEEDED
-        outcome = order_outcome(command.status, self.state.cancel_requested, confirmed)
+        outcome = order_outcome(self.definition.kind, command.status, self.state.cancel_requested, confirmed)
         if outcome is not None:
             self._set_order_status(outcome, command.reason or self.saga.reason)
         self.state = replace(self.state, status=command.status)

@@ -61,7 +61,7 @@ def _insert(rt: Runtime, cmd: PlaceOrder) -> tuple[PlacedOrder, list[tuple[int, 
         saga_id = repo.create_saga(conn, ORDER_SAGA, order_id, now)
         saga = repo.load_saga(conn, saga_id)
         assert saga is not None
-        dispatches = Executor(conn, saga, now).handle(Started())
+        dispatches = Executor(conn, saga, now, rt.definitions).handle(Started())
     return PlacedOrder(order, saga_id, created=True), dispatches
 
 
@@ -87,15 +87,18 @@ class OrderView:
     order: Order
     saga_id: int | None
     title: str
+    sagas: tuple[dict[str, Any], ...] = ()
 
 
 def get_order(rt: Runtime, order_id: int) -> OrderView:
+    """The order, its book's title and every saga that worked on it (the order saga first)."""
     with rt.db.reading() as conn:
         order = repo.get_order(conn, order_id)
         if order is None:
             raise OrderNotFound(order_id)
         book = repo.get_book(conn, order.book_id)
-        return OrderView(order, _order_saga_id(conn, order), book.title if book else "")
+        sagas = tuple({"id": s.id, "kind": s.kind, "status": s.status} for s in repo.sagas_of_order(conn, order_id))
+        return OrderView(order, sagas[0]["id"] if sagas else None, book.title if book else "", sagas)
 
 
 SETTLED = (OrderStatus.PAID, OrderStatus.SHIPPED, OrderStatus.REJECTED, OrderStatus.CANCELLED)

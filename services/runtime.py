@@ -1,7 +1,8 @@
 """What a service call needs from the outside world, built once per process by an entrypoint."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from celery import Celery
 
@@ -9,6 +10,8 @@ from infra.broker import Publisher, make_celery
 from infra.config import Settings
 from infra.db import Database
 from infra.providers import Providers
+from saga.definition import RetryPolicy, SagaDefinition
+from saga.order_saga import DEFINITIONS
 
 
 @dataclass
@@ -17,6 +20,7 @@ class Runtime:
     db: Database
     providers: Providers
     publisher: Publisher
+    definitions: Mapping[str, SagaDefinition] = field(default_factory=lambda: dict(DEFINITIONS))
 
     def close(self) -> None:
         self.db.dispose()
@@ -33,4 +37,27 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
         providers=Providers.from_urls(settings.payment_url, settings.delivery_url, settings.messaging_url,
                                       settings.provider_timeout_s),
         publisher=Publisher(celery, settings.queue),
+        definitions=configured_definitions(settings.retry_policies),
+    )
+
+
+def configured_definitions(policies: Mapping[str, Mapping[str, float]]) -> dict[str, SagaDefinition]:
+    """The saga definitions with retry policies from configuration ("*" applies to every step not named)."""
+    result = {}
+    for kind, definition in DEFINITIONS.items():
+        names = [s.name for s in definition.steps + definition.compensations]
+        chosen = {name: policies.get(name, policies.get("*")) for name in names}
+        retries = {name: _policy(definition.step(name).retry, p) for name, p in chosen.items() if p}
+        result[kind] = definition.with_retries(retries)
+    return result
+
+
+def _policy(base: RetryPolicy, override: Mapping[str, float]) -> RetryPolicy:
+    unknown = set(override) - {"max_attempts", "base_s", "cap_s"}
+    if unknown:
+        raise ValueError(f"RETRY_POLICIES: unknown setting(s) {sorted(unknown)}")
+    return RetryPolicy(
+        max_attempts=int(override.get("max_attempts", base.max_attempts)),
+        base_s=float(override.get("base_s", base.base_s)),
+        cap_s=float(override.get("cap_s", base.cap_s)),
     )

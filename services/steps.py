@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from domain.model import utcnow
 from infra import repository as repo
-from infra.providers import PaymentDeclined, ProviderError, ProviderRefused
-from saga.order_saga import definition_for
-from saga.orchestrator import Event, StepFailed, StepStatus, StepSucceeded
+from sqlalchemy.engine import Connection
+
+from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, ProviderReply
+from saga.definition import SagaDefinition
+from saga.orchestrator import Event, SagaStatus, StepFailed, StepStatus, StepSucceeded
 from services.effects import ACTIONS, StepContext, load_context, record_failure, record_success
 from services.executor import Dispatch, Executor, jitter
 from services.runtime import Runtime
@@ -35,12 +37,19 @@ def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -
 
 
 def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt | None:
+    """Take the step if it is open and its saga is in the phase it belongs to (forward or compensating)."""
     with rt.db.transaction() as conn:
+        saga = repo.saga_row(conn, saga_id, lock=True)
+        if saga is None or saga.status != _phase(rt.definitions[saga.kind], step):
+            return None
         number = repo.claim_step(conn, saga_id, step, rt.settings.step_lease_s, task_id)
         if number is None:
             return None
-        saga = repo.saga_row(conn, saga_id)
         return Attempt(load_context(conn, saga_id, step, saga.order_id), number)
+
+
+def _phase(definition: SagaDefinition, step: str) -> str:
+    return (SagaStatus.COMPENSATING if definition.is_compensation(step) else SagaStatus.RUNNING).value
 
 
 def perform(rt: Runtime, context: StepContext) -> tuple[Event, object]:
@@ -63,7 +72,7 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object) -> list[D
     with rt.db.transaction() as conn:
         saga = repo.load_saga(conn, ctx.saga_id, lock=True)
         assert saga is not None
-        definition = definition_for(saga.kind)
+        definition = rt.definitions[saga.kind]
         outcome = _outcome(definition.is_compensation(ctx.step), event)
         values = {"status": outcome.value, "finished_at": now,
                   "error": getattr(event, "error", None), **_reference(reply)}
@@ -71,7 +80,7 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object) -> list[D
             log.warning("saga %s step %s attempt %s lost its lease; outcome dropped", ctx.saga_id, ctx.step,
                         attempt.number)
             return []
-        executor = Executor(conn, saga, now)
+        executor = Executor(conn, saga, now, rt.definitions)
         dispatches = executor.handle(event, outcome)
         _record_effects(conn, executor, ctx, event, reply)
         return dispatches
@@ -88,13 +97,14 @@ def _reference(reply: object) -> dict[str, str]:
     return {"provider_ref": reference} if reference else {}
 
 
-def _record_effects(conn: object, executor: Executor, ctx: StepContext, event: Event, reply: object) -> None:
+def _record_effects(conn: Connection, executor: Executor, ctx: StepContext, event: Event, reply: object) -> None:
     if isinstance(event, StepSucceeded):
-        record_success(conn, ctx, reply)  # type: ignore[arg-type]
+        assert isinstance(reply, ProviderReply)
+        record_success(conn, ctx, reply)
         return
     assert isinstance(event, StepFailed)
     final = executor.state.step(ctx.step).status is StepStatus.FAILED
-    record_failure(conn, ctx, event.error, final, isinstance(reply, PaymentDeclined))  # type: ignore[arg-type]
+    record_failure(conn, ctx, event.error, final, isinstance(reply, PaymentDeclined))
 
 
 def publish(rt: Runtime, dispatches: Sequence[Dispatch]) -> None:

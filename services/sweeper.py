@@ -63,7 +63,7 @@ def recover(rt: Runtime, saga_id: int, step: str) -> str:
         error = f"lease expired: the worker running attempt {row.attempts} was lost"
         repo.close_step(conn, saga_id, step, row.attempts, {"status": "FAILED", "error": error, "finished_at": now})
         repo.update_saga(conn, saga_id, recoveries=recoveries)
-        executor = Executor(conn, saga, now)
+        executor = Executor(conn, saga, now, rt.definitions)
         if recoveries > rt.settings.max_recoveries:
             reason = f"parked after {recoveries} recoveries: {error} (step {step})"
             executor.run([FinishSaga(SagaStatus.FAILED, reason)])

@@ -2,6 +2,7 @@
 Celery worker process with the sweeper, and the API's Flask app on the same settings."""
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from tests.conftest import create_pg_database
 from tests.support import ProcessHandle, Sandbox, free_port, start_sandbox, start_worker, wait_until
 
 TERMINAL_SAGA = {"COMPLETED", "COMPENSATED", "FAILED"}
+# Short backoff so spent retries take about a second; notify keeps room to see a provider come back.
+FAST_RETRIES = {"*": {"base_s": 0.05, "cap_s": 0.2}, "notify": {"max_attempts": 8, "base_s": 0.2, "cap_s": 2}}
 
 
 @dataclass
@@ -67,6 +70,7 @@ def stack_env(database_url: str, sandbox_url: str, queue: str) -> dict[str, str]
         SWEEP_INTERVAL_S="0.5",
         PROVIDER_TIMEOUT_S="2",
         STEP_LEASE_S="10",
+        RETRY_POLICIES=json.dumps(FAST_RETRIES),
     )
 
 

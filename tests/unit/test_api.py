@@ -1,6 +1,7 @@
 """The HTTP API in process: a SQLite file, a recording publisher, no broker, no worker, no network."""
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,9 +259,7 @@ def test_customer_orders_are_paged_with_an_x_pagination_header(client: FlaskClie
     place(client, order(customer_id=10))
     response = client.get("/customers/9/orders?page=1&page_size=2")
     assert response.status_code == 200
-    pagination = response.get_json() and response.headers["X-Pagination"]
-    import json
-    meta = json.loads(pagination)
+    meta = json.loads(response.headers["X-Pagination"])
     assert meta["total"] == 3
     rows = response.get_json()
     assert len(rows) == 2
@@ -292,6 +291,15 @@ def test_notifications_start_empty(client: FlaskClient) -> None:
     response = client.get("/notifications?customer_id=3")
     assert response.status_code == 200
     assert response.get_json() == []
+
+
+def test_health_reports_each_dependency_and_is_degraded_without_a_broker(client: FlaskClient) -> None:
+    response = client.get("/health")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["database"] == "ok"
+    assert body["broker"].startswith("error")
+    assert body["status"] == "degraded"
 
 
 # --- outages ----------------------------------------------------------------------------------------------------

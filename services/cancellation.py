@@ -1,0 +1,70 @@
+"""Cancelling an order: stop its running saga at the next step boundary, or run a cancel saga after it completed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Connection
+
+from domain.errors import OrderNotFound, SagaNeedsSupport
+from domain.model import Order, OrderStatus, utcnow
+from infra import repository as repo
+from saga.order_saga import CANCEL_SAGA, ORDER_SAGA
+from saga.orchestrator import CancelRequested, SagaStatus, Started
+from services.executor import Dispatch, Executor
+from services.orders import OrderView, get_order
+from services.runtime import Runtime
+from services.steps import publish
+
+DEFAULT_REASON = "cancelled by customer"
+
+
+@dataclass(frozen=True)
+class CancelOrder:
+    order_id: int
+    reason: str | None = None
+
+
+def cancel_order(rt: Runtime, cmd: CancelOrder) -> OrderView:
+    """Record the cancel at once; repeated cancels change nothing and never refund twice."""
+    with rt.db.transaction() as conn:
+        dispatches = _cancel(rt, conn, cmd.order_id, cmd.reason or DEFAULT_REASON)
+    publish(rt, dispatches)
+    return get_order(rt, cmd.order_id)
+
+
+def _cancel(rt: Runtime, conn: Connection, order_id: int, reason: str) -> list[Dispatch]:
+    order = repo.get_order(conn, order_id, lock=True)
+    if order is None:
+        raise OrderNotFound(order_id)
+    order.check_cancellable()
+    if order.status is OrderStatus.CANCELLED:
+        return []
+    sagas = repo.sagas_of_order(conn, order_id)
+    if any(s.kind == CANCEL_SAGA.kind for s in sagas):
+        return []  # a cancel saga already carries this cancel
+    order_saga = next(s for s in sagas if s.kind == ORDER_SAGA.kind)
+    return _cancel_order_saga(rt, conn, order, order_saga.id, reason)
+
+
+def _cancel_order_saga(rt: Runtime, conn: Connection, order: Order, saga_id: int, reason: str) -> list[Dispatch]:
+    saga = repo.load_saga(conn, saga_id, lock=True)
+    assert saga is not None
+    if saga.status is SagaStatus.FAILED:
+        raise SagaNeedsSupport(saga_id)
+    if saga.status is SagaStatus.COMPLETED:
+        return _start_cancel_saga(rt, conn, order, reason)
+    if saga.cancel_requested or saga.status is not SagaStatus.RUNNING:
+        return []  # already cancelling or compensating: the running compensation finishes the job
+    repo.update_saga(conn, saga_id, cancel_requested=True, reason=reason)
+    saga.cancel_requested, saga.reason = True, reason
+    return Executor(conn, saga, utcnow(), rt.definitions).handle(CancelRequested(reason))
+
+
+def _start_cancel_saga(rt: Runtime, conn: Connection, order: Order, reason: str) -> list[Dispatch]:
+    assert order.id is not None
+    now = utcnow()
+    saga_id = repo.create_saga(conn, rt.definitions[CANCEL_SAGA.kind], order.id, now, read_model=False)
+    repo.update_saga(conn, saga_id, reason=reason)
+    saga = repo.load_saga(conn, saga_id)
+    assert saga is not None
+    return Executor(conn, saga, now, rt.definitions).handle(Started())
