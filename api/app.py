@@ -9,6 +9,7 @@ from api.views import blp
 from infra.config import Settings
 from infra.db import Database, engine_options, normalize_url, prepare_engine
 from infra.tables import metadata
+from services.admission import Admission
 from services.runtime import Runtime, build_runtime
 
 SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if runtime is None:
         runtime = build_runtime(settings, db=_flask_database(app))
     app.extensions["bookmarket"] = runtime
+    app.extensions["bookmarket.admission"] = Admission()
     api = ProblemApi(app)
     api.register_blueprint(blp)
     register_problem_handlers(app)

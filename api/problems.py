@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import sqlalchemy.exc
@@ -15,6 +16,7 @@ from domain.errors import (
     InvalidQuantity,
     InvalidTransition,
     NotFound,
+    Overloaded,
     SagaNeedsSupport,
     UnknownBook,
 )
@@ -78,10 +80,16 @@ def register_problem_handlers(app: Flask) -> None:
     app.register_error_handler(IdempotencyConflict, lambda e: problem(409, "Conflict", str(e)))
     app.register_error_handler(InvalidTransition, lambda e: problem(409, "Conflict", str(e)))
     app.register_error_handler(SagaNeedsSupport, lambda e: problem(409, "Conflict", str(e)))
+    app.register_error_handler(Overloaded, _overloaded)
     app.register_error_handler(DomainError, lambda e: problem(422, "Unprocessable Entity", str(e)))
     app.register_error_handler(sqlalchemy.exc.OperationalError, _database_down)
     app.register_error_handler(sqlalchemy.exc.InterfaceError, _database_down)
     app.register_error_handler(Exception, _unexpected)
+
+
+def _overloaded(error: Overloaded) -> Response:
+    retry_after = str(max(1, math.ceil(error.retry_after_s)))
+    return problem(503, "Service Unavailable", str(error), {"Retry-After": retry_after})
 
 
 def _database_down(error: Exception) -> Response:

@@ -72,7 +72,8 @@ class Orders(MethodView):
         if key is not None and len(key) > 200:
             return problem(422, "Unprocessable Entity", "Idempotency-Key: at most 200 characters",
                            errors={"Idempotency-Key": ["at most 200 characters"]})
-        placed = service.place_order(runtime(), service.PlaceOrder(idempotency_key=key, **data))
+        rt, admission = runtime(), current_app.extensions["bookmarket.admission"]
+        placed = service.place_order(rt, service.PlaceOrder(idempotency_key=key, **data), lambda: admission.check(rt))
         return self._answer(placed)
 
     def _answer(self, placed: service.PlacedOrder) -> Any:

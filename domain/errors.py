@@ -55,3 +55,11 @@ class SagaNeedsSupport(DomainError):
     def __init__(self, saga_id: int) -> None:
         super().__init__(f"saga {saga_id} is parked FAILED and needs support before the order can change")
         self.saga_id = saga_id
+
+
+class Overloaded(DomainError):
+    """We cannot take more orders for a moment; ask the client to come back after retry_after_s."""
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(f"{reason}; please order again in {max(1, round(retry_after_s))} s")
+        self.retry_after_s = retry_after_s

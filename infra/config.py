@@ -27,7 +27,12 @@ class Settings:
     max_recoveries: int
     publish_timeout_s: float
     queue: str
-    retry_policies: dict[str, dict[str, float]]
+    step_policies: dict[str, dict[str, float]]
+    breaker_fail_max: int
+    breaker_reset_s: float
+    breaker_policies: dict[str, dict[str, float]]
+    admission_max_waiting_payments: int
+    admission_retry_after_s: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -51,7 +56,12 @@ class Settings:
             max_recoveries=int(_env("MAX_RECOVERIES", "5")),
             publish_timeout_s=float(_env("PUBLISH_TIMEOUT_S", "2")),
             queue=_env("SAGA_QUEUE", "saga"),
-            retry_policies=_json_object("RETRY_POLICIES", _env("RETRY_POLICIES", "{}")),
+            step_policies=_json_object("STEP_POLICIES", _env("STEP_POLICIES", "{}")),
+            breaker_fail_max=int(_env("BREAKER_FAIL_MAX", "5")),
+            breaker_reset_s=float(_env("BREAKER_RESET_S", "10")),
+            breaker_policies=_json_object("BREAKER_POLICIES", _env("BREAKER_POLICIES", "{}")),
+            admission_max_waiting_payments=int(_env("ADMISSION_MAX_WAITING_PAYMENTS", "500")),
+            admission_retry_after_s=float(_env("ADMISSION_RETRY_AFTER_S", "2")),
         )
 
     def describe(self) -> dict[str, object]:
@@ -60,7 +70,8 @@ class Settings:
 
 
 def _json_object(name: str, raw: str) -> dict[str, dict[str, float]]:
-    """RETRY_POLICIES: {"<step or *>": {"max_attempts": n, "base_s": s, "cap_s": s}}."""
+    """A JSON object of objects: STEP_POLICIES {"<step or *>": {"max_attempts", "base_s", "cap_s", "max_wait_s"}},
+    BREAKER_POLICIES {"<provider>": {"fail_max", "reset_s"}}."""
     try:
         value = json.loads(raw)
     except ValueError as exc:

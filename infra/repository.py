@@ -300,6 +300,17 @@ def mark_dispatched(conn: Connection, keys: Sequence[tuple[int, str]], now: date
         conn.execute(saga_steps.update().where(_step_where(saga_id, name)).values(dispatched_at=now))
 
 
+def count_open_steps(conn: Connection, name: str, limit: int) -> int:
+    """How many steps called `name` are open (pending, waiting or running), counting no further than limit."""
+    open_steps = (
+        sa.select(saga_steps.c.saga_id)
+        .where(saga_steps.c.name == name, saga_steps.c.status.in_(OPEN_FOR_CLAIM + (StepStatus.RUNNING.value,)))
+        .limit(limit)
+        .subquery()
+    )
+    return int(conn.execute(sa.select(sa.func.count()).select_from(open_steps)).scalar_one())
+
+
 def expired_leases(conn: Connection, now: datetime, limit: int) -> list[tuple[int, str]]:
     """Steps RUNNING past their lease: their worker died or hung."""
     rows = conn.execute(

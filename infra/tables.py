@@ -96,6 +96,7 @@ saga_steps = sa.Table(
     sa.Column("waited_s", sa.Float, nullable=False, default=0.0),
 )
 sa.Index("ix_saga_steps_due", saga_steps.c.status, saga_steps.c.available_at)
+sa.Index("ix_saga_steps_name_status", saga_steps.c.name, saga_steps.c.status)
 
 payments = sa.Table(
     "payments",

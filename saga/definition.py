@@ -1,6 +1,7 @@
 """The vocabulary of a saga definition: steps as data, checked when a definition is built."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 
@@ -67,10 +68,10 @@ class SagaDefinition:
     def is_compensation(self, name: str) -> bool:
         return any(c.name == name for c in self.compensations)
 
-    def with_retries(self, policies: dict[str, RetryPolicy]) -> SagaDefinition:
-        """The same definition with the retry policy of each step named in `policies` replaced."""
+    def with_policies(self, policies: Mapping[str, Mapping[str, float]]) -> SagaDefinition:
+        """The same definition with retry settings and longest waits overridden per step name."""
         def patch(steps: tuple[Step, ...]) -> tuple[Step, ...]:
-            return tuple(replace(s, retry=policies.get(s.name, s.retry)) for s in steps)
+            return tuple(_patched(s, policies[s.name]) if s.name in policies else s for s in steps)
 
         return replace(self, steps=patch(self.steps), compensations=patch(self.compensations))
 
@@ -78,6 +79,15 @@ class SagaDefinition:
         """The forward step that follows `name`, or None when `name` is the last."""
         index = self.step_names.index(name)
         return self.steps[index + 1] if index + 1 < len(self.steps) else None
+
+
+def _patched(step: Step, policy: Mapping[str, float]) -> Step:
+    retry = RetryPolicy(
+        max_attempts=int(policy.get("max_attempts", step.retry.max_attempts)),
+        base_s=float(policy.get("base_s", step.retry.base_s)),
+        cap_s=float(policy.get("cap_s", step.retry.cap_s)),
+    )
+    return replace(step, retry=retry, max_wait_s=float(policy.get("max_wait_s", step.max_wait_s)))
 
 
 def check_definition(definition: SagaDefinition) -> None:

@@ -6,6 +6,7 @@ from saga.definition import RetryPolicy, SagaDefinition, Step
 from saga.orchestrator import SagaStatus
 
 PAYMENT, DELIVERY, MESSAGING = "payment", "delivery", "messaging"
+PROVIDERS = (PAYMENT, DELIVERY, MESSAGING)
 
 REFUND = Step("cancel_payment", provider=PAYMENT, can_undo=False, retry=RetryPolicy(max_attempts=8))
 CANCEL_DELIVERY = Step("cancel_delivery", provider=DELIVERY, can_undo=False, retry=RetryPolicy(max_attempts=8))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +33,18 @@ class PlacedOrder:
     created: bool
 
 
-def place_order(rt: Runtime, cmd: PlaceOrder) -> PlacedOrder:
-    """Commit the order, its saga, its steps and the first dispatch in one transaction, then publish."""
+def place_order(rt: Runtime, cmd: PlaceOrder, admit: Callable[[], None] | None = None) -> PlacedOrder:
+    """Commit the order, its saga, its steps and the first dispatch in one transaction, then publish.
+
+    A retry with a known Idempotency-Key gets its order back even when `admit` would turn new orders away.
+    """
     check_quantity(cmd.qty)
     if cmd.idempotency_key:
         existing = _replay(rt, cmd)
         if existing:
             return existing
+    if admit is not None:
+        admit()
     try:
         placed, dispatches = _insert(rt, cmd)
     except sqlalchemy.exc.IntegrityError:

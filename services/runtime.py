@@ -10,8 +10,10 @@ from infra.broker import Publisher, make_celery
 from infra.config import Settings
 from infra.db import Database
 from infra.providers import Providers
-from saga.definition import RetryPolicy, SagaDefinition
-from saga.order_saga import DEFINITIONS
+from infra.breakers import BreakerPolicy, Breakers
+from infra.redis_client import redis_from_url
+from saga.definition import SagaDefinition
+from saga.order_saga import DEFINITIONS, PROVIDERS
 
 
 @dataclass
@@ -21,6 +23,7 @@ class Runtime:
     providers: Providers
     publisher: Publisher
     definitions: Mapping[str, SagaDefinition] = field(default_factory=lambda: dict(DEFINITIONS))
+    breakers: Breakers | None = None
 
     def close(self) -> None:
         self.db.dispose()
@@ -37,27 +40,30 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
         providers=Providers.from_urls(settings.payment_url, settings.delivery_url, settings.messaging_url,
                                       settings.provider_timeout_s),
         publisher=Publisher(celery, settings.queue),
-        definitions=configured_definitions(settings.retry_policies),
+        definitions=configured_definitions(settings.step_policies),
+        breakers=build_breakers(settings),
     )
 
 
 def configured_definitions(policies: Mapping[str, Mapping[str, float]]) -> dict[str, SagaDefinition]:
-    """The saga definitions with retry policies from configuration ("*" applies to every step not named)."""
+    """The saga definitions with step policies from configuration ("*" applies to every step not named)."""
+    unknown = {k for p in policies.values() for k in p} - {"max_attempts", "base_s", "cap_s", "max_wait_s"}
+    if unknown:
+        raise ValueError(f"STEP_POLICIES: unknown setting(s) {sorted(unknown)}")
     result = {}
     for kind, definition in DEFINITIONS.items():
         names = [s.name for s in definition.steps + definition.compensations]
-        chosen = {name: policies.get(name, policies.get("*")) for name in names}
-        retries = {name: _policy(definition.step(name).retry, p) for name, p in chosen.items() if p}
-        result[kind] = definition.with_retries(retries)
+        chosen = {name: {**policies.get("*", {}), **policies.get(name, {})} for name in names}
+        result[kind] = definition.with_policies({name: p for name, p in chosen.items() if p})
     return result
 
 
-def _policy(base: RetryPolicy, override: Mapping[str, float]) -> RetryPolicy:
-    unknown = set(override) - {"max_attempts", "base_s", "cap_s"}
-    if unknown:
-        raise ValueError(f"RETRY_POLICIES: unknown setting(s) {sorted(unknown)}")
-    return RetryPolicy(
-        max_attempts=int(override.get("max_attempts", base.max_attempts)),
-        base_s=float(override.get("base_s", base.base_s)),
-        cap_s=float(override.get("cap_s", base.cap_s)),
-    )
+def build_breakers(settings: Settings) -> Breakers:
+    """A breaker per provider; thresholds from BREAKER_FAIL_MAX/BREAKER_RESET_S or BREAKER_POLICIES."""
+    def policy(provider: str) -> BreakerPolicy:
+        override = settings.breaker_policies.get(provider, {})
+        return BreakerPolicy(int(override.get("fail_max", settings.breaker_fail_max)),
+                             float(override.get("reset_s", settings.breaker_reset_s)))
+
+    client = redis_from_url(settings.redis_url, settings.publish_timeout_s)
+    return Breakers(client, {p: policy(p) for p in PROVIDERS}, namespace=f"bookmarket:{settings.queue}:breaker")

@@ -11,7 +11,8 @@ from sqlalchemy.engine import Connection
 
 from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, ProviderReply
 from saga.definition import SagaDefinition
-from saga.orchestrator import Event, SagaStatus, StepFailed, StepStatus, StepSucceeded
+from infra.breakers import ProviderBlocked
+from saga.orchestrator import Event, SagaStatus, StepBlocked, StepFailed, StepStatus, StepSucceeded
 from services.effects import ACTIONS, StepContext, load_context, record_failure, record_success
 from services.executor import Dispatch, Executor, jitter
 from services.runtime import Runtime
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 class Attempt:
     context: StepContext
     number: int
+    provider: str
 
 
 def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -> str:
@@ -30,7 +32,7 @@ def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -
     attempt = claim(rt, saga_id, step, task_id)
     if attempt is None:
         return "not claimed"
-    event, reply = perform(rt, attempt.context)
+    event, reply = perform(rt, attempt.context, attempt.provider)
     dispatches = record(rt, attempt, event, reply)
     publish(rt, dispatches)
     return type(event).__name__
@@ -45,17 +47,25 @@ def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt 
         number = repo.claim_step(conn, saga_id, step, rt.settings.step_lease_s, task_id)
         if number is None:
             return None
-        return Attempt(load_context(conn, saga_id, step, saga.order_id), number)
+        provider = rt.definitions[saga.kind].step(step).provider
+        assert provider is not None, f"{step} calls no provider"
+        return Attempt(load_context(conn, saga_id, step, saga.order_id), number, provider)
 
 
 def _phase(definition: SagaDefinition, step: str) -> str:
     return (SagaStatus.COMPENSATING if definition.is_compensation(step) else SagaStatus.RUNNING).value
 
 
-def perform(rt: Runtime, context: StepContext) -> tuple[Event, object]:
-    """Call the step's provider and translate the answer into an orchestrator event."""
+def perform(rt: Runtime, context: StepContext, provider: str) -> tuple[Event, object]:
+    """Call the step's provider through its breaker and translate the answer into an orchestrator event."""
+    action = ACTIONS[context.step]
     try:
-        reply = ACTIONS[context.step](rt.providers, context)
+        if rt.breakers is None:
+            reply = action(rt.providers, context)
+        else:
+            reply = rt.breakers.call(provider, action, rt.providers, context)
+    except ProviderBlocked as exc:
+        return StepBlocked(context.step, exc.retry_after_s + jitter()), exc
     except PaymentDeclined as exc:
         return StepFailed(context.step, str(exc), permanent=True), exc
     except ProviderRefused as exc:
@@ -74,8 +84,7 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object) -> list[D
         assert saga is not None
         definition = rt.definitions[saga.kind]
         outcome = _outcome(definition.is_compensation(ctx.step), event)
-        values = {"status": outcome.value, "finished_at": now,
-                  "error": getattr(event, "error", None), **_reference(reply)}
+        values = {"status": outcome.value, "finished_at": now, "error": _error(event, reply), **_reference(reply)}
         if not repo.close_step(conn, ctx.saga_id, ctx.step, attempt.number, values):
             log.warning("saga %s step %s attempt %s lost its lease; outcome dropped", ctx.saga_id, ctx.step,
                         attempt.number)
@@ -92,6 +101,12 @@ def _outcome(is_compensation: bool, event: Event) -> StepStatus:
     return StepStatus.FAILED
 
 
+def _error(event: Event, reply: object) -> str | None:
+    if isinstance(event, StepBlocked):
+        return str(reply)
+    return getattr(event, "error", None)
+
+
 def _reference(reply: object) -> dict[str, str]:
     reference = getattr(reply, "reference", None)
     return {"provider_ref": reference} if reference else {}
@@ -102,9 +117,8 @@ def _record_effects(conn: Connection, executor: Executor, ctx: StepContext, even
         assert isinstance(reply, ProviderReply)
         record_success(conn, ctx, reply)
         return
-    assert isinstance(event, StepFailed)
     final = executor.state.step(ctx.step).status is StepStatus.FAILED
-    record_failure(conn, ctx, event.error, final, isinstance(reply, PaymentDeclined))
+    record_failure(conn, ctx, _error(event, reply) or "", final, isinstance(reply, PaymentDeclined))
 
 
 def publish(rt: Runtime, dispatches: Sequence[Dispatch]) -> None:

@@ -2,10 +2,13 @@
 Celery worker process with the sweeper, and the API's Flask app on the same settings."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,34 +73,46 @@ def stack_env(database_url: str, sandbox_url: str, queue: str) -> dict[str, str]
         SWEEP_INTERVAL_S="0.5",
         PROVIDER_TIMEOUT_S="2",
         STEP_LEASE_S="10",
-        RETRY_POLICIES=json.dumps(FAST_RETRIES),
+        STEP_POLICIES=json.dumps(FAST_RETRIES),
+        BREAKER_FAIL_MAX="1000",  # breakers stay out of the way unless a module sets STACK_ENV
+        BREAKER_RESET_S="2",
+        REDISPATCH_AFTER_S="3",
     )
+
+
+@contextmanager
+def build_stack(tmp: Path, backend: str, admin_url: str, **overrides: str) -> Iterator[Stack]:
+    """Migrate a fresh database, start a sandbox and a worker (with the sweeper), and build the API on it."""
+    drop = None
+    if backend == "sqlite":
+        database_url = f"sqlite:///{tmp / 'bookmarket.db'}"
+    else:
+        database_url, drop = create_pg_database(admin_url)
+    upgrade(database_url)
+    sandbox = start_sandbox(free_port(), tmp)
+    env = {**stack_env(database_url, sandbox.url, f"saga-test-{uuid.uuid4().hex[:8]}"), **overrides}
+    worker = start_worker(env, tmp / "worker.log", beat_schedule=tmp / "beat-schedule")
+    settings = Settings.from_env(env)
+    app = create_app(settings)
+    try:
+        yield Stack(backend, env, settings, app.test_client(), Sandbox(sandbox.url), worker)
+    finally:
+        worker.stop()
+        sandbox.stop()
+        app.extensions["bookmarket"].close()
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis.from_url(env["REDIS_URL"], socket_connect_timeout=1).delete(env["SAGA_QUEUE"])
+        if drop:
+            drop()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_server: str,
           redis_server: str) -> Iterator[Stack]:
+    overrides = getattr(request.module, "STACK_ENV", {})
     tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
-    drop = None
-    if request.param == "sqlite":
-        database_url = f"sqlite:///{tmp / 'bookmarket.db'}"
-    else:
-        database_url, drop = create_pg_database(postgres_server)
-    upgrade(database_url)
-    sandbox = start_sandbox(free_port(), tmp)
-    env = stack_env(database_url, sandbox.url, f"saga-test-{uuid.uuid4().hex[:8]}")
-    worker = start_worker(env, tmp / "worker.log", beat_schedule=tmp / "beat-schedule")
-    settings = Settings.from_env(env)
-    app = create_app(settings)
-    try:
-        yield Stack(request.param, env, settings, app.test_client(), Sandbox(sandbox.url), worker)
-    finally:
-        worker.stop()
-        sandbox.stop()
-        app.extensions["bookmarket"].close()
-        redis.Redis.from_url(env["REDIS_URL"]).delete(env["SAGA_QUEUE"])
-        if drop:
-            drop()
+    with build_stack(tmp, request.param, postgres_server, **overrides) as built:
+        yield built
 
 
 @pytest.fixture

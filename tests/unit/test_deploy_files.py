@@ -1,0 +1,517 @@
+"""The deployment files (docker-compose.yml, Dockerfile, .dockerignore, the Helm chart) agree with the code they run.
+
+The settings' names come from the source of infra/config.py, the commands are parsed by the real `bookmarket`
+argument parser, and the chart is rendered and linted by Helm's own library (helm-python-sdk) and every manifest
+is validated offline against the Kubernetes 1.30 schemas (kubernetes-validate).
+"""
+from __future__ import annotations
+
+import configparser
+import fnmatch
+import importlib.util
+import json
+import re
+import shlex
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+from cli.main import parser
+from infra.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+CHART = ROOT / "helm" / "bookmarket"
+KUBE_VERSION = "1.30.0"
+RELEASE, NAMESPACE = "demo", "shop"
+
+SECRET_NAMES = {"DATABASE_URL", "REDIS_URL"}
+BOOKMARKET_SERVICES = {"migrate", "api", "worker", "beat", "flower", "sandbox"}
+EXTERNAL_PROVIDERS = {
+    "sandbox": {"enabled": False},
+    "config": {
+        "paymentUrl": "https://payments.example.com/v1",
+        "deliveryUrl": "https://delivery.example.com",
+        "messagingUrl": "https://messaging.example.com",
+    },
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def config_env_names() -> set[str]:
+    """Every environment name infra/config.py reads: the quoted all-capitals names in its source text."""
+    text = (ROOT / "infra" / "config.py").read_text()
+    return set(re.findall(r"""["']([A-Z][A-Z0-9_]{2,})["']""", text))
+
+
+class RecordingEnv(Mapping[str, str]):
+    """An empty environment that remembers every name looked up in it."""
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+def shared_env() -> dict[str, str]:
+    env: dict[str, str] = compose()["x-bookmarket-env"]
+    return env
+
+
+def as_argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+
+
+def bookmarket_args(argv: list[str]) -> Any:
+    """Parse a `bookmarket ...` command line with the real CLI parser (SystemExit on anything it rejects)."""
+    assert argv[0] == "bookmarket", argv
+    return parser().parse_args(argv[1:])
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions (continuation lines joined), grouped by stage."""
+    stages: list[list[tuple[str, str]]] = []
+    logical = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    for line in logical.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        assert stages, f"instruction before FROM: {line}"
+        stages[-1].append((instruction.upper(), rest.strip()))
+    return stages
+
+
+# ---------------------------------------------------------------- infra/config.py itself
+
+
+def test_the_names_grepped_from_infra_config_include_every_name_settings_actually_reads() -> None:
+    env = RecordingEnv()
+    Settings.from_env(env)
+    grepped = config_env_names()
+    assert {"DATABASE_URL", "REDIS_URL", "SANDBOX_URL", "RETRY_POLICIES"} <= grepped
+    assert env.asked <= grepped, f"read but not found by the grep: {env.asked - grepped}"
+
+
+# ---------------------------------------------------------------- docker-compose.yml
+
+
+def test_compose_defines_every_service_of_the_stack() -> None:
+    services = compose()["services"]
+    assert set(services) == {"postgres", "redis", *BOOKMARKET_SERVICES}
+
+
+def test_every_name_in_the_shared_compose_env_is_one_infra_config_reads() -> None:
+    unknown = set(shared_env()) - config_env_names()
+    assert not unknown, f"x-bookmarket-env sets names infra/config.py never reads: {sorted(unknown)}"
+
+
+def test_the_shared_compose_env_sets_every_name_infra_config_reads() -> None:
+    missing = config_env_names() - set(shared_env())
+    assert not missing, f"x-bookmarket-env lacks: {sorted(missing)}"
+
+
+def test_the_shared_compose_env_values_are_valid_settings() -> None:
+    env = shared_env()
+    assert all(isinstance(v, str) for v in env.values()), "quote every value: compose wants strings"
+    settings = Settings.from_env(env)
+    assert settings.queue == env["SAGA_QUEUE"]
+    assert settings.retry_policies == json.loads(env["RETRY_POLICIES"])
+
+
+def test_every_bookmarket_service_gets_the_whole_shared_env() -> None:
+    shared = shared_env()
+    services = compose()["services"]
+    for name in BOOKMARKET_SERVICES:
+        env = services[name]["environment"]
+        assert {k: env.get(k) for k in shared} == shared, name
+
+
+def test_the_shared_compose_env_points_at_the_compose_services() -> None:
+    env = shared_env()
+    services = compose()["services"]
+    assert urlsplit(env["DATABASE_URL"]).hostname == "postgres"
+    assert urlsplit(env["REDIS_URL"]).hostname == "redis"
+    sandbox = urlsplit(env["SANDBOX_URL"])
+    sandbox_args = bookmarket_args(as_argv(services["sandbox"]["command"]))
+    assert (sandbox.hostname, sandbox.port) == ("sandbox", sandbox_args.port)
+    for name, path in (("PAYMENT_URL", "payment"), ("DELIVERY_URL", "delivery"), ("MESSAGING_URL", "messaging")):
+        assert env[name] == f"{env['SANDBOX_URL']}/{path}"
+
+
+def test_compose_runs_the_documented_bookmarket_commands() -> None:
+    services = compose()["services"]
+    parsed = {name: bookmarket_args(as_argv(services[name]["command"])) for name in BOOKMARKET_SERVICES - {"flower"}}
+    assert parsed["migrate"].command == "migrate"
+    assert (parsed["api"].command, parsed["api"].bind, parsed["api"].port) == ("api", "0.0.0.0", 8080)
+    assert (parsed["worker"].command, parsed["worker"].workers, parsed["worker"].beat) == ("worker", 2, False)
+    assert parsed["beat"].command == "beat"
+    assert (parsed["sandbox"].command, parsed["sandbox"].bind, parsed["sandbox"].port) == ("sandbox", "0.0.0.0", 8090)
+
+
+def test_compose_runs_flower_on_the_celery_app_with_its_api_open_on_5555() -> None:
+    flower = compose()["services"]["flower"]
+    assert as_argv(flower["command"]) == ["celery", "-A", "workers.main", "flower", "--port=5555"]
+    assert importlib.util.find_spec("workers.main") is not None
+    assert flower["environment"]["FLOWER_UNAUTHENTICATED_API"] == "true"
+    assert "5555:5555" in flower["ports"]
+
+
+def test_compose_publishes_the_api_on_8080_only_after_the_migration_completed() -> None:
+    api = compose()["services"]["api"]
+    assert "8080:8080" in api["ports"]
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_migrates_once_after_postgres_is_healthy() -> None:
+    services = compose()["services"]
+    migrate = services["migrate"]
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["postgres"]
+
+
+def test_compose_uses_postgres_16_and_redis_7() -> None:
+    services = compose()["services"]
+    assert services["postgres"]["image"] == "postgres:16"
+    assert services["redis"]["image"] == "redis:7"
+    assert services["postgres"]["environment"]["POSTGRES_DB"] == urlsplit(shared_env()["DATABASE_URL"]).path[1:]
+
+
+def test_every_compose_dependency_names_a_service_and_waits_on_a_healthcheck_it_has() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        for dep, how in (service.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            if how["condition"] == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy, it has no healthcheck"
+
+
+def test_compose_builds_every_bookmarket_service_from_the_dockerfile() -> None:
+    services = compose()["services"]
+    images = {services[name]["image"] for name in BOOKMARKET_SERVICES}
+    assert len(images) == 1
+    assert all(services[name]["build"] == "." for name in BOOKMARKET_SERVICES)
+
+
+# ---------------------------------------------------------------- Dockerfile and .dockerignore
+
+
+def test_the_dockerfile_runs_as_a_non_root_user_on_python_311_slim() -> None:
+    final = dockerfile_stages()[-1]
+    assert final[0] == ("FROM", "python:3.11-slim")
+    users = [rest for instruction, rest in final if instruction == "USER"]
+    assert users, "the final stage sets no USER: it would run as root"
+    assert users[-1].split(":")[0] not in {"root", "0"}
+
+
+def test_the_dockerfile_installs_the_package_itself_not_an_editable_checkout() -> None:
+    runs = " ".join(rest for stage in dockerfile_stages() for instruction, rest in stage if instruction == "RUN")
+    assert re.search(r"pip install (\S+ )*\.(\s|$)", runs)
+    assert "-e ." not in runs
+    assert "flower" in runs, "the image also serves the flower service"
+    assert all(stage[0][1].startswith("python:3.11-slim") for stage in dockerfile_stages())
+
+
+def test_the_dockerfile_default_command_serves_the_api_on_every_interface() -> None:
+    cmds = [rest for instruction, rest in dockerfile_stages()[-1] if instruction == "CMD"]
+    argv = json.loads(cmds[-1])
+    assert argv == ["bookmarket", "api", "--bind", "0.0.0.0"]
+    assert bookmarket_args(argv).port == 8080
+
+
+def test_the_dockerignore_keeps_the_venv_and_git_out_and_the_install_inputs_in() -> None:
+    patterns = [p.strip() for p in DOCKERIGNORE.read_text().splitlines() if p.strip() and not p.startswith("#")]
+
+    def ignored(path: str) -> bool:
+        return any(fnmatch.fnmatch(path, p) or path.startswith(p.rstrip("/") + "/") for p in patterns)
+
+    assert ignored(".venv") and ignored(".git") and ignored("api/__pycache__")
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    packages = cfg["options.packages.find"]["include"].split()
+    needed = ["setup.cfg", "pyproject.toml", "README.md"] + [p.rstrip("*") + "/__init__.py" for p in packages]
+    assert not [path for path in needed if ignored(path)]
+
+
+def test_pip_install_dot_ships_every_migration_revision_the_image_needs_to_migrate() -> None:
+    """A non-editable install (the image's) carries only packages and package_data: the revisions must be one."""
+    revisions = sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py") if p.name != "__init__.py")
+    assert revisions
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    is_package = (ROOT / "migrations" / "versions" / "__init__.py").exists()
+    data = cfg["options.package_data"].get("migrations", "") if cfg.has_section("options.package_data") else ""
+    patterns = [p.strip() for p in data.replace(",", " ").split()]
+    shipped = [r for r in revisions if is_package or any(fnmatch.fnmatch(f"versions/{r}", p) for p in patterns)]
+    assert shipped == revisions, (
+        "`pip install .` leaves out migrations/versions/*.py, so `bookmarket migrate` in the image finds no "
+        "revision: add migrations/versions/__init__.py, or `versions/*.py` to [options.package_data] migrations"
+    )
+
+
+# ---------------------------------------------------------------- the Helm chart
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm_python.Chart]:
+    with helm_python.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart: helm_python.Chart, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every manifest an install with these values creates (hooks included), NOTES.txt left out."""
+    rendered = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs: list[dict[str, Any]] = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith(".yaml"):
+            docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def one(docs: list[dict[str, Any]], kind: str, component: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+    assert len(found) == 1, f"{len(found)} {kind} for {component}"
+    return found[0]
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = doc["spec"]["template"]["spec"]
+    return spec
+
+
+def settings_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """What a pod's envFrom gives it: the ConfigMap's data and the Secret's stringData."""
+    config = [d for d in docs if d["kind"] == "ConfigMap"]
+    secrets = [d for d in docs if d["kind"] == "Secret" and "helm.sh/hook" not in d["metadata"].get("annotations", {})]
+    assert len(config) == 1 and len(secrets) == 1
+    return {**config[0]["data"], **secrets[0]["stringData"]}
+
+
+def test_the_chart_lints_without_warnings_in_strict_mode() -> None:
+    for values in ({}, EXTERNAL_PROVIDERS):
+        report = helm_python.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
+        assert report["errors"] == []
+        assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("values", [{}, EXTERNAL_PROVIDERS], ids=["defaults", "sandbox-disabled"])
+def test_every_rendered_manifest_is_valid_for_kubernetes_1_30(chart: helm_python.Chart, values: dict) -> None:
+    docs = render(chart, values)
+    assert len(docs) >= 8
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("values", [{}, EXTERNAL_PROVIDERS], ids=["defaults", "sandbox-disabled"])
+def test_the_configmap_and_secret_set_exactly_the_names_infra_config_reads(chart: helm_python.Chart, values: dict) -> None:
+    env = settings_env(render(chart, values))
+    assert set(env) == config_env_names()
+
+
+def test_the_secret_holds_the_urls_with_credentials_and_the_configmap_none_of_them(chart: helm_python.Chart) -> None:
+    docs = render(chart)
+    secret = next(d for d in docs if d["kind"] == "Secret" and "annotations" not in d["metadata"])
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert set(secret["stringData"]) == SECRET_NAMES
+    assert not SECRET_NAMES & set(config["data"])
+
+
+def test_the_chart_settings_are_valid_and_pass_values_through(chart: helm_python.Chart) -> None:
+    policies = {"*": {"max_attempts": 4, "base_s": 0.5, "cap_s": 10}}
+    values = {
+        "config": {"retryPolicies": policies, "providerTimeoutS": 2.5, "maxRecoveries": 7, "sagaQueue": "orders"},
+        "secrets": {"databaseUrl": "postgresql://u:p@db.internal:5432/shop", "redisUrl": "redis://cache:6379/1"},
+    }
+    settings = Settings.from_env(settings_env(render(chart, values)))
+    assert settings.retry_policies == policies
+    assert (settings.provider_timeout_s, settings.max_recoveries, settings.queue) == (2.5, 7, "orders")
+    assert settings.database_url == "postgresql://u:p@db.internal:5432/shop"
+    assert settings.redis_url == "redis://cache:6379/1"
+
+
+def test_the_default_providers_are_the_chart_sandbox_service(chart: helm_python.Chart) -> None:
+    docs = render(chart)
+    service = one(docs, "Service", "sandbox")
+    env = settings_env(docs)
+    url = urlsplit(env["SANDBOX_URL"])
+    assert (url.hostname, url.port) == (service["metadata"]["name"], service["spec"]["ports"][0]["port"])
+    assert env["PAYMENT_URL"] == env["SANDBOX_URL"] + "/payment"
+    assert env["MESSAGING_URL"] == env["SANDBOX_URL"] + "/messaging"
+
+
+def test_disabling_the_sandbox_removes_it_and_uses_the_given_provider_urls(chart: helm_python.Chart) -> None:
+    docs = render(chart, EXTERNAL_PROVIDERS)
+    assert not [d for d in docs if d["metadata"]["labels"]["app.kubernetes.io/component"] == "sandbox"]
+    env = settings_env(docs)
+    assert env["PAYMENT_URL"] == "https://payments.example.com/v1"
+    assert env["DELIVERY_URL"] == "https://delivery.example.com"
+    assert env["MESSAGING_URL"] == "https://messaging.example.com"
+
+
+def test_disabling_the_sandbox_without_provider_urls_fails_with_a_message_naming_the_value(
+    chart: helm_python.Chart,
+) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=r"config\.paymentUrl is required"):
+        render(chart, {"sandbox": {"enabled": False}})
+
+
+def test_the_api_deployment_probes_readiness_and_liveness_on_health(chart: helm_python.Chart) -> None:
+    container = pod_spec(one(render(chart), "Deployment", "api"))["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/health"
+        assert ports[get["port"]] == bookmarket_args(container["command"]).port
+
+
+@pytest.mark.parametrize(
+    ("component", "expected"),
+    [
+        ("api", ["bookmarket", "api", "--bind", "0.0.0.0", "--port", "8080"]),
+        ("worker", ["bookmarket", "worker", "--workers", "2"]),
+        ("beat", ["bookmarket", "beat"]),
+        ("sandbox", ["bookmarket", "sandbox", "--bind", "0.0.0.0", "--port", "8090"]),
+    ],
+)
+def test_each_deployment_runs_its_bookmarket_command(chart: helm_python.Chart, component: str, expected: list) -> None:
+    command = pod_spec(one(render(chart), "Deployment", component))["containers"][0]["command"]
+    assert command == expected
+    assert bookmarket_args(command).command == component
+
+
+def test_the_flower_deployment_runs_celery_flower_with_its_api_open(chart: helm_python.Chart) -> None:
+    container = pod_spec(one(render(chart), "Deployment", "flower"))["containers"][0]
+    assert container["command"] == ["celery", "-A", "workers.main", "flower", "--port=5555"]
+    assert {"name": "FLOWER_UNAUTHENTICATED_API", "value": "true"} in container["env"]
+    assert container["ports"][0]["containerPort"] == 5555
+
+
+def test_beat_runs_exactly_one_replica_whatever_the_other_replica_counts(chart: helm_python.Chart) -> None:
+    beat = one(render(chart, {"api": {"replicas": 5}, "worker": {"replicas": 7}}), "Deployment", "beat")
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_asking_for_more_beat_replicas_is_rejected_by_the_values_schema(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmValuesError, match="replicas"):
+        render(chart, {"beat": {"replicas": 2}})
+
+
+def test_replica_counts_come_from_the_values(chart: helm_python.Chart) -> None:
+    docs = render(chart, {"api": {"replicas": 3}, "worker": {"replicas": 4}, "flower": {"replicas": 2}})
+    replicas = {c: one(docs, "Deployment", c)["spec"]["replicas"] for c in ("api", "worker", "flower", "sandbox")}
+    assert replicas == {"api": 3, "worker": 4, "flower": 2, "sandbox": 1}
+
+
+def test_worker_pods_get_60_seconds_by_default_to_finish_a_step_at_least_the_step_lease(
+    chart: helm_python.Chart,
+) -> None:
+    docs = render(chart)
+    grace = pod_spec(one(docs, "Deployment", "worker"))["terminationGracePeriodSeconds"]
+    assert grace == 60
+    assert grace >= float(settings_env(docs)["STEP_LEASE_S"])
+    changed = render(chart, {"worker": {"terminationGracePeriodSeconds": 120}})
+    assert pod_spec(one(changed, "Deployment", "worker"))["terminationGracePeriodSeconds"] == 120
+
+
+def test_the_migration_job_is_a_pre_install_and_pre_upgrade_hook_running_migrate(chart: helm_python.Chart) -> None:
+    docs = render(chart)
+    job = one(docs, "Job", "migrate")
+    hooks = set(job["metadata"]["annotations"]["helm.sh/hook"].split(","))
+    assert hooks == {"pre-install", "pre-upgrade"}
+    container = pod_spec(job)["containers"][0]
+    assert container["command"] == ["bookmarket", "migrate"]
+    assert bookmarket_args(container["command"]).command == "migrate"
+    assert pod_spec(job)["restartPolicy"] == "Never"
+
+
+def test_the_migration_job_reads_the_database_url_from_a_secret_that_exists_before_it(
+    chart: helm_python.Chart,
+) -> None:
+    """Pre-install hooks run before the release's own Secret exists: the Job's must be an earlier hook."""
+    docs = render(chart)
+    job = one(docs, "Job", "migrate")
+    ref = pod_spec(job)["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref["name"])
+    annotations = secret["metadata"]["annotations"]
+    assert set(annotations["helm.sh/hook"].split(",")) >= {"pre-install", "pre-upgrade"}
+    assert int(annotations["helm.sh/hook-weight"]) < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    assert secret["stringData"][ref["key"]] == settings_env(docs)["DATABASE_URL"]
+
+
+def test_an_existing_secret_replaces_the_chart_secrets_everywhere(chart: helm_python.Chart) -> None:
+    docs = render(chart, {"secrets": {"existingSecret": "shop-db"}})
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            refs = [e["secretRef"]["name"] for e in pod_spec(doc)["containers"][0]["envFrom"] if "secretRef" in e]
+            assert refs == ["shop-db"]
+    job = one(docs, "Job", "migrate")
+    assert pod_spec(job)["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "shop-db"
+
+
+def test_every_deployment_reads_the_configmap_and_the_secret(chart: helm_python.Chart) -> None:
+    docs = render(chart)
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["metadata"]["name"]
+    secret = next(d for d in docs if d["kind"] == "Secret" and "annotations" not in d["metadata"])["metadata"]["name"]
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in deployments} == {
+        "api", "worker", "beat", "flower", "sandbox"
+    }
+    for doc in deployments:
+        env_from = pod_spec(doc)["containers"][0]["envFrom"]
+        assert {"configMapRef": {"name": config}} in env_from
+        assert {"secretRef": {"name": secret}} in env_from
+
+
+def test_each_service_selects_the_pods_of_exactly_one_deployment_on_a_named_port(chart: helm_python.Chart) -> None:
+    docs = render(chart)
+    services = [d for d in docs if d["kind"] == "Service"]
+    assert {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in services} == {"api", "flower", "sandbox"}
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    for service in services:
+        selector = service["spec"]["selector"].items()
+        chosen = [d for d in deployments if selector <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(chosen) == 1, service["metadata"]["name"]
+        port_names = {p["name"] for p in pod_spec(chosen[0])["containers"][0]["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+
+
+def test_every_pod_runs_as_a_non_root_user(chart: helm_python.Chart) -> None:
+    for doc in render(chart):
+        if doc["kind"] in {"Deployment", "Job"}:
+            spec = pod_spec(doc)
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            assert spec["securityContext"]["runAsUser"] != 0
+            assert spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_turning_flower_off_removes_its_deployment_and_service(chart: helm_python.Chart) -> None:
+    docs = render(chart, {"flower": {"enabled": False}})
+    assert not [d for d in docs if d["metadata"]["labels"]["app.kubernetes.io/component"] == "flower"]
