@@ -423,8 +423,8 @@ def fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[fmt(c) for c in row] for row in rows]
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 1) -> None:
+    cells = [[fmt(c, digits) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = "  ".join("-" * w for w in widths)
     print(f"\n{title}", flush=True)
@@ -505,7 +505,7 @@ def command_line() -> str:
     """The command that produced these numbers, as one can paste it from the project root."""
     python = sys.executable
     with contextlib.suppress(ValueError):
-        python = os.path.relpath(python, ROOT) if Path(python).resolve().is_relative_to(ROOT) else python
+        python = os.path.relpath(python, ROOT) if Path(os.path.abspath(python)).is_relative_to(ROOT) else python
     script = sys.argv[0]
     with contextlib.suppress(ValueError):
         script = os.path.relpath(Path(script).resolve(), ROOT)

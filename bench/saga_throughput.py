@@ -112,8 +112,12 @@ class Phase:
     def __init__(self, system: str, workers: int, args: argparse.Namespace) -> None:
         self.system = system
         self.workers = workers
-        self.concurrency = args.dbos_concurrency if system == "dbos" and args.dbos_mode == "queue" else \
-            args.concurrency
+        if system != "dbos":
+            self.concurrency, self.unit = args.concurrency, "proc"  # Celery prefork children per worker process
+        elif args.dbos_mode == "queue":
+            self.concurrency, self.unit = args.dbos_concurrency, "wf"  # DBOS queue worker_concurrency
+        else:
+            self.concurrency, self.unit = math.ceil(args.clients / workers), "thr"  # starting threads per process
         self.orders = args.orders
         self.starts: list[float | None] = [None] * args.orders  # epoch s, taken by the client
         self.post_ms: list[float] = []
@@ -138,6 +142,10 @@ class Phase:
         span = (last_finish - first_start) if first_start is not None and last_finish is not None else math.nan
         self.result = {
             "system": self.system, "measured": True, "workers": self.workers, "concurrency": self.concurrency,
+            "concurrency_unit": {"proc": "prefork children per worker process", "wf": "DBOS queue "
+                                 "worker_concurrency per process", "thr": "threads starting workflows per process"}[
+                                     self.unit],
+            "label": f"{self.workers} x {self.concurrency}{'' if self.unit == 'proc' else ' ' + self.unit}",
             "orders": self.orders, "completed": completed,
             "failures": self.orders - completed,
             "failure_detail": {"submit_errors": self.submit_errors, "ended_not_completed": not_completed,
@@ -480,7 +488,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[st
             continue
         mem = r["memory"]
         rows.append([r["system"] + (f" ({r['dbos_mode']})" if r["system"] == "dbos" else ""),
-                     f"{r['workers']} x {r['concurrency']}", r["orders"], r["completed"], r["failures"],
+                     r["label"], r["orders"], r["completed"], r["failures"],
                      r["throughput_per_s"], r["latency"]["p50_ms"], r["latency"]["p95_ms"], r["latency"]["p99_ms"],
                      r["submit"]["p50_ms"], r["submit"]["p99_ms"], mem.get("api", {}).get("peak_rss_mb"),
                      mem.get("workers", {}).get("peak_rss_mb")])
@@ -494,7 +502,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[st
         c.print_table("ratios (ours / baseline; throughput < 1 and latency > 1 mean ours is slower)",
                       ["workers", "ours/bare sagas/s", "ours/bare p50", "ours/dbos sagas/s", "ours/dbos p50"],
                       [[x["workers"], x["ours/bare throughput"], x["ours/bare p50 latency"],
-                        x["ours/dbos throughput"], x["ours/dbos p50 latency"]] for x in rat])
+                        x["ours/dbos throughput"], x["ours/dbos p50 latency"]] for x in rat], digits=2)
     command = c.command_line()
     payload = {"benchmark": "saga_throughput", "command": command,
                "params": {k: v for k, v in vars(args).items() if k not in ("worker_counts", "system_list")},

@@ -57,9 +57,10 @@ class Supervisor:
         return 0
 
     def stop(self, grace_s: float = 15) -> None:
-        """SIGTERM every child's group, then SIGKILL what is still there after the grace period."""
+        """SIGTERM every child (each shuts its own children down gracefully), then SIGKILL each group."""
         for _, proc in reversed(self.children):
-            _signal_group(proc, signal.SIGTERM)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for _, proc in reversed(self.children):
             try:

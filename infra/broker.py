@@ -60,9 +60,10 @@ def make_celery(settings: Settings) -> Celery:
 class Publisher:
     """Sends step messages; returns what it could not send instead of raising or hanging."""
 
-    def __init__(self, app: Celery, queue: str) -> None:
+    def __init__(self, app: Celery, queue: str, duplicate: bool = False) -> None:
         self.app = app
         self.queue = queue
+        self.copies = 2 if duplicate else 1  # CHAOS_DUPLICATE_DISPATCH: every message twice, for fault tests
 
     def publish(self, dispatches: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
         """Send each (saga_id, step); the ones that failed are returned."""
@@ -82,7 +83,8 @@ class Publisher:
     def _send(self, producer: object, saga_id: int, step: str, index: int,
               dispatches: Sequence[tuple[int, str]]) -> None:
         try:
-            self.app.send_task(task_name(step), args=[saga_id], queue=self.queue, producer=producer)
+            for _ in range(self.copies):
+                self.app.send_task(task_name(step), args=[saga_id], queue=self.queue, producer=producer)
         except Exception as exc:  # noqa: BLE001
             log.warning("publish of %s for saga %s failed: %s", step, saga_id, exc)
             raise _PartialPublish(index) from None

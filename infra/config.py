@@ -33,6 +33,8 @@ class Settings:
     breaker_policies: dict[str, dict[str, float]]
     admission_max_waiting_payments: int
     admission_retry_after_s: float
+    chaos_duplicate_dispatch: bool
+    chaos_poison_steps: dict[str, str]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +64,8 @@ class Settings:
             breaker_policies=_json_object("BREAKER_POLICIES", _env("BREAKER_POLICIES", "{}")),
             admission_max_waiting_payments=int(_env("ADMISSION_MAX_WAITING_PAYMENTS", "500")),
             admission_retry_after_s=float(_env("ADMISSION_RETRY_AFTER_S", "2")),
+            chaos_duplicate_dispatch=_env("CHAOS_DUPLICATE_DISPATCH", "0") in ("1", "true", "yes"),
+            chaos_poison_steps=_poison(_env("CHAOS_POISON_STEPS", "")),
         )
 
     def describe(self) -> dict[str, object]:
@@ -79,3 +83,11 @@ def _json_object(name: str, raw: str) -> dict[str, dict[str, float]]:
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise ValueError(f"{name} must be a JSON object of objects")
     return value
+
+
+def _poison(raw: str) -> dict[str, str]:
+    """CHAOS_POISON_STEPS "ship:raise,notify:crash": steps a worker sabotages, for fault tests only."""
+    pairs = [item.split(":", 1) for item in raw.split(",") if item.strip()]
+    if any(len(p) != 2 or p[1] not in ("raise", "crash") for p in pairs):
+        raise ValueError(f"CHAOS_POISON_STEPS must look like 'ship:raise,notify:crash', got {raw!r}")
+    return {step.strip(): how for step, how in pairs}

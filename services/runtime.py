@@ -14,6 +14,7 @@ from infra.breakers import BreakerPolicy, Breakers
 from infra.redis_client import redis_from_url
 from saga.definition import SagaDefinition
 from saga.order_saga import DEFINITIONS, PROVIDERS
+from services.effects import ACTIONS, Action
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Runtime:
     publisher: Publisher
     definitions: Mapping[str, SagaDefinition] = field(default_factory=lambda: dict(DEFINITIONS))
     breakers: Breakers | None = None
+    actions: Mapping[str, Action] = field(default_factory=lambda: dict(ACTIONS))
 
     def close(self) -> None:
         self.db.dispose()
@@ -39,7 +41,7 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
         db=db or Database.from_url(settings.database_url),
         providers=Providers.from_urls(settings.payment_url, settings.delivery_url, settings.messaging_url,
                                       settings.provider_timeout_s),
-        publisher=Publisher(celery, settings.queue),
+        publisher=Publisher(celery, settings.queue, settings.chaos_duplicate_dispatch),
         definitions=configured_definitions(settings.step_policies),
         breakers=build_breakers(settings),
     )

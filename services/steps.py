@@ -13,7 +13,7 @@ from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, Pro
 from saga.definition import SagaDefinition
 from infra.breakers import ProviderBlocked
 from saga.orchestrator import Event, SagaStatus, StepBlocked, StepFailed, StepStatus, StepSucceeded
-from services.effects import ACTIONS, StepContext, load_context, record_failure, record_success
+from services.effects import StepContext, load_context, record_failure, record_success
 from services.executor import Dispatch, Executor, jitter
 from services.runtime import Runtime
 
@@ -58,7 +58,7 @@ def _phase(definition: SagaDefinition, step: str) -> str:
 
 def perform(rt: Runtime, context: StepContext, provider: str) -> tuple[Event, object]:
     """Call the step's provider through its breaker and translate the answer into an orchestrator event."""
-    action = ACTIONS[context.step]
+    action = rt.actions[context.step]
     try:
         if rt.breakers is None:
             reply = action(rt.providers, context)
@@ -72,6 +72,9 @@ def perform(rt: Runtime, context: StepContext, provider: str) -> tuple[Event, ob
         return StepFailed(context.step, str(exc), permanent=True), None
     except ProviderError as exc:
         return StepFailed(context.step, str(exc), permanent=False, jitter=jitter()), None
+    except Exception as exc:  # noqa: BLE001 - a bug must not strand the step: count it as a failed attempt
+        log.exception("step %s of saga %s raised", context.step, context.saga_id)
+        return StepFailed(context.step, f"{type(exc).__name__}: {exc}", permanent=False, jitter=jitter()), None
     return StepSucceeded(context.step), reply
 
 

@@ -1,6 +1,7 @@
 """Helpers for tests that run real processes: free ports, the sandbox, Celery workers, polling."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -34,16 +35,16 @@ class ProcessHandle:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        """Stop the process group; SIGKILL after `timeout`."""
+        """Signal the leader (it shuts its children down gracefully); SIGKILL the whole group after `timeout`."""
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, sig)
+                self.proc.send_signal(sig)
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
                 pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
         return self.proc.returncode
 
     def log_tail(self, lines: int = 60) -> str:

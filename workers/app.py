@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Task
@@ -10,7 +12,8 @@ from celery.signals import worker_process_init
 from infra.broker import make_celery, task_name
 from infra.config import Settings
 from saga.order_saga import DEFINITIONS
-from services.effects import ACTIONS
+from infra.providers import ProviderReply
+from services.effects import ACTIONS, Action
 from services.runtime import Runtime, build_runtime
 from services.steps import run_step
 from services.sweeper import sweep
@@ -29,10 +32,24 @@ class _Holder:
     def get(self) -> Runtime:
         if self.runtime is None:
             self.runtime = build_runtime(self.settings, self.celery)
+            self.runtime.actions = poisoned(self.runtime.actions, self.settings.chaos_poison_steps)
         return self.runtime
 
     def reset(self, **_: Any) -> None:
         self.runtime = None
+
+
+def poisoned(actions: Mapping[str, Action], poison: Mapping[str, str]) -> dict[str, Action]:
+    """CHAOS_POISON_STEPS: make named steps raise every time, or kill their process, for fault tests."""
+    def sabotage(step: str, how: str) -> Action:
+        def action(*_: object) -> ProviderReply:
+            if how == "crash":
+                log.error("CHAOS: step %s kills its worker process", step)
+                os._exit(13)
+            raise RuntimeError(f"CHAOS: step {step} is poisoned")
+        return action
+
+    return {step: sabotage(step, poison[step]) if step in poison else action for step, action in actions.items()}
 
 
 def provider_steps() -> list[str]:

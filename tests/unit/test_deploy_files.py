@@ -114,7 +114,7 @@ def test_the_names_grepped_from_infra_config_include_every_name_settings_actuall
     env = RecordingEnv()
     Settings.from_env(env)
     grepped = config_env_names()
-    assert {"DATABASE_URL", "REDIS_URL", "SANDBOX_URL", "RETRY_POLICIES"} <= grepped
+    assert {"DATABASE_URL", "REDIS_URL", "SANDBOX_URL", "SAGA_QUEUE"} <= grepped
     assert env.asked <= grepped, f"read but not found by the grep: {env.asked - grepped}"
 
 
@@ -140,8 +140,10 @@ def test_the_shared_compose_env_values_are_valid_settings() -> None:
     env = shared_env()
     assert all(isinstance(v, str) for v in env.values()), "quote every value: compose wants strings"
     settings = Settings.from_env(env)
-    assert settings.queue == env["SAGA_QUEUE"]
-    assert settings.retry_policies == json.loads(env["RETRY_POLICIES"])
+    assert (settings.database_url, settings.redis_url) == (env["DATABASE_URL"], env["REDIS_URL"])
+    for name, value in env.items():
+        if value.startswith("{"):
+            assert isinstance(json.loads(value), dict), name
 
 
 def test_every_bookmarket_service_gets_the_whole_shared_env() -> None:
@@ -295,9 +297,13 @@ def render(chart: helm_python.Chart, values: dict[str, Any] | None = None) -> li
 
 
 def one(docs: list[dict[str, Any]], kind: str, component: str) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+    found = [d for d in docs if d["kind"] == kind and component_of(d) == component]
     assert len(found) == 1, f"{len(found)} {kind} for {component}"
     return found[0]
+
+
+def component_of(doc: dict[str, Any]) -> str:
+    return str(doc["metadata"]["labels"]["app.kubernetes.io/component"])
 
 
 def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -329,7 +335,9 @@ def test_every_rendered_manifest_is_valid_for_kubernetes_1_30(chart: helm_python
 
 
 @pytest.mark.parametrize("values", [{}, EXTERNAL_PROVIDERS], ids=["defaults", "sandbox-disabled"])
-def test_the_configmap_and_secret_set_exactly_the_names_infra_config_reads(chart: helm_python.Chart, values: dict) -> None:
+def test_the_configmap_and_secret_set_exactly_the_names_infra_config_reads(
+    chart: helm_python.Chart, values: dict
+) -> None:
     env = settings_env(render(chart, values))
     assert set(env) == config_env_names()
 
@@ -342,17 +350,31 @@ def test_the_secret_holds_the_urls_with_credentials_and_the_configmap_none_of_th
     assert not SECRET_NAMES & set(config["data"])
 
 
-def test_the_chart_settings_are_valid_and_pass_values_through(chart: helm_python.Chart) -> None:
-    policies = {"*": {"max_attempts": 4, "base_s": 0.5, "cap_s": 10}}
+def test_the_chart_default_settings_are_valid_settings(chart: helm_python.Chart) -> None:
+    env = settings_env(render(chart))
+    settings = Settings.from_env(env)
+    assert (settings.database_url, settings.redis_url) == (env["DATABASE_URL"], env["REDIS_URL"])
+
+
+def test_the_chart_passes_values_through_as_strings_python_parses(chart: helm_python.Chart) -> None:
+    """Helm holds numbers as floats: integers must not come out as 1e+06, objects come out as JSON."""
+    steps = {"*": {"max_attempts": 4, "base_s": 0.5, "cap_s": 10}}
+    breakers = {"payment": {"fail_max": 3, "reset_s": 30}}
     values = {
-        "config": {"retryPolicies": policies, "providerTimeoutS": 2.5, "maxRecoveries": 7, "sagaQueue": "orders"},
+        "config": {
+            "stepPolicies": steps, "breakerPolicies": breakers, "providerTimeoutS": 2.5, "maxRecoveries": 7,
+            "admissionMaxWaitingPayments": 1000000, "sagaQueue": "orders",
+        },
         "secrets": {"databaseUrl": "postgresql://u:p@db.internal:5432/shop", "redisUrl": "redis://cache:6379/1"},
     }
-    settings = Settings.from_env(settings_env(render(chart, values)))
-    assert settings.retry_policies == policies
-    assert (settings.provider_timeout_s, settings.max_recoveries, settings.queue) == (2.5, 7, "orders")
-    assert settings.database_url == "postgresql://u:p@db.internal:5432/shop"
-    assert settings.redis_url == "redis://cache:6379/1"
+    env = settings_env(render(chart, values))
+    assert json.loads(env["STEP_POLICIES"]) == steps
+    assert json.loads(env["BREAKER_POLICIES"]) == breakers
+    assert (env["PROVIDER_TIMEOUT_S"], env["MAX_RECOVERIES"], env["SAGA_QUEUE"]) == ("2.5", "7", "orders")
+    assert env["ADMISSION_MAX_WAITING_PAYMENTS"] == "1000000"
+    described = Settings.from_env(env).describe().values()
+    assert steps in described and breakers in described and 1000000 in described
+    assert "postgresql://u:p@db.internal:5432/shop" in described and "redis://cache:6379/1" in described
 
 
 def test_the_default_providers_are_the_chart_sandbox_service(chart: helm_python.Chart) -> None:
@@ -367,7 +389,7 @@ def test_the_default_providers_are_the_chart_sandbox_service(chart: helm_python.
 
 def test_disabling_the_sandbox_removes_it_and_uses_the_given_provider_urls(chart: helm_python.Chart) -> None:
     docs = render(chart, EXTERNAL_PROVIDERS)
-    assert not [d for d in docs if d["metadata"]["labels"]["app.kubernetes.io/component"] == "sandbox"]
+    assert not [d for d in docs if component_of(d) == "sandbox"]
     env = settings_env(docs)
     assert env["PAYMENT_URL"] == "https://payments.example.com/v1"
     assert env["DELIVERY_URL"] == "https://delivery.example.com"
@@ -481,7 +503,7 @@ def test_every_deployment_reads_the_configmap_and_the_secret(chart: helm_python.
     config = next(d for d in docs if d["kind"] == "ConfigMap")["metadata"]["name"]
     secret = next(d for d in docs if d["kind"] == "Secret" and "annotations" not in d["metadata"])["metadata"]["name"]
     deployments = [d for d in docs if d["kind"] == "Deployment"]
-    assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in deployments} == {
+    assert {component_of(d) for d in deployments} == {
         "api", "worker", "beat", "flower", "sandbox"
     }
     for doc in deployments:
@@ -493,7 +515,7 @@ def test_every_deployment_reads_the_configmap_and_the_secret(chart: helm_python.
 def test_each_service_selects_the_pods_of_exactly_one_deployment_on_a_named_port(chart: helm_python.Chart) -> None:
     docs = render(chart)
     services = [d for d in docs if d["kind"] == "Service"]
-    assert {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in services} == {"api", "flower", "sandbox"}
+    assert {component_of(s) for s in services} == {"api", "flower", "sandbox"}
     deployments = [d for d in docs if d["kind"] == "Deployment"]
     for service in services:
         selector = service["spec"]["selector"].items()
@@ -514,4 +536,19 @@ def test_every_pod_runs_as_a_non_root_user(chart: helm_python.Chart) -> None:
 
 def test_turning_flower_off_removes_its_deployment_and_service(chart: helm_python.Chart) -> None:
     docs = render(chart, {"flower": {"enabled": False}})
-    assert not [d for d in docs if d["metadata"]["labels"]["app.kubernetes.io/component"] == "flower"]
+    assert not [d for d in docs if component_of(d) == "flower"]
+
+
+def test_fault_injection_is_off_in_compose_and_in_the_chart_by_default(chart: helm_python.Chart) -> None:
+    for env in (shared_env(), settings_env(render(chart))):
+        assert (env["CHAOS_DUPLICATE_DISPATCH"], env["CHAOS_POISON_STEPS"]) == ("0", "")
+
+
+def test_the_chart_passes_fault_injection_through_and_rejects_a_malformed_poison_list(
+    chart: helm_python.Chart,
+) -> None:
+    env = settings_env(render(chart, {"config": {"chaosDuplicateDispatch": True, "chaosPoisonSteps": "ship:raise"}}))
+    assert (env["CHAOS_DUPLICATE_DISPATCH"], env["CHAOS_POISON_STEPS"]) == ("1", "ship:raise")
+    Settings.from_env(env)
+    with pytest.raises(helm_python.HelmValuesError, match="chaosPoisonSteps"):
+        render(chart, {"config": {"chaosPoisonSteps": "ship:explode"}})

@@ -1,0 +1,70 @@
+"""Poison steps end FAILED without looping hot; a worker stopped with SIGTERM hands its work back."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Stack, build_stack
+from tests.support import start_worker, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_step_that_raises_every_time_ends_failed_after_its_attempts_and_is_compensated(
+    tmp_path: Path, postgres_server: str, redis_server: str,
+) -> None:
+    with build_stack(tmp_path, "postgresql", postgres_server, CHAOS_POISON_STEPS="ship:raise") as live:
+        order = live.post_order(customer_id=60).get_json()
+        saga = live.wait_saga(order["saga_id"])
+
+        ship = live.steps(saga)["ship"]
+        assert ship["status"] == "FAILED" and "poisoned" in ship["error"]
+        assert ship["attempts"] == ship["max_attempts"]
+        assert saga["status"] == "COMPENSATED"
+        assert live.steps(saga)["cancel_payment"]["status"] == "COMPENSATED"
+        assert live.order(order["id"])["status"] == "CANCELLED"
+        assert len(live.sandbox.ledger("payment", order["id"], "refund")) == 1
+
+
+def test_a_step_that_crashes_its_process_is_parked_failed_after_bounded_recoveries(
+    tmp_path: Path, postgres_server: str, redis_server: str,
+) -> None:
+    env = {"CHAOS_POISON_STEPS": "notify:crash", "STEP_LEASE_S": "2", "MAX_RECOVERIES": "2"}
+    with build_stack(tmp_path, "postgresql", postgres_server, **env) as live:
+        order = live.post_order(customer_id=61).get_json()
+        saga = live.wait_saga(order["saga_id"], timeout=60)
+
+        notify = live.steps(saga)["notify"]
+        assert saga["status"] == "FAILED" and "parked after 3 recoveries" in saga["reason"]
+        assert saga["recoveries"] == 3
+        assert notify["status"] == "FAILED" and "lease expired" in notify["error"]
+        assert notify["attempts"] == 3 <= notify["max_attempts"]
+        assert live.order(order["id"])["status"] == "SHIPPED"
+        assert live.sandbox.ledger("messaging", order["id"]) == []
+
+
+def test_sigterm_lets_the_worker_finish_or_hand_back_its_steps_and_nothing_is_lost(
+    tmp_path: Path, postgres_server: str, redis_server: str,
+) -> None:
+    with build_stack(tmp_path, "postgresql", postgres_server) as live:
+        live.sandbox.behave("payment", latency_ms=[800, 800])
+        orders = [live.post_order(customer_id=62).get_json() for _ in range(6)]
+        wait_until(lambda: _running(live, orders) >= 1, 10, 0.05, "a step in flight")
+
+        started = time.monotonic()
+        code = live.worker.stop(signal.SIGTERM, timeout=30)
+        assert code == 0 and time.monotonic() - started < 30
+        live.worker = start_worker(live.env, tmp_path / "worker2.log", beat_schedule=tmp_path / "beat2")
+
+        for order in orders:
+            saga = live.wait_saga(order["saga_id"], timeout=60)
+            assert saga["status"] == "COMPLETED" and saga["recoveries"] == 0, saga
+            assert len(live.sandbox.ledger("payment", order["id"], "charge")) == 1
+        live.worker.stop()
+
+
+def _running(live: Stack, orders: list[dict]) -> int:
+    return sum(live.steps(live.saga(o["saga_id"]))["pay"]["status"] == "RUNNING" for o in orders)
