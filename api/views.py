@@ -171,6 +171,14 @@ class Health(MethodView):
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="A dependency is down")
     def get(self) -> Any:
-        """Liveness and readiness: the database and the broker answer."""
+        """Readiness: the database and the broker answer."""
         report = check_health(runtime())
         return report, (200 if report["status"] == "ok" else 503)
+
+
+@blp.route("/health/live")
+class Liveness(MethodView):
+    @blp.response(200, HealthSchema)
+    def get(self) -> Any:
+        """Liveness: the process serves HTTP (dependencies are not checked; see /health for readiness)."""
+        return {"status": "ok"}

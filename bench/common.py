@@ -52,6 +52,7 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
 def run_main(body: Callable[[contextlib.ExitStack], int]) -> int:
     """Run `body` with an ExitStack that is unwound (processes stopped, databases dropped) whatever happens:
     normal end, an error, Ctrl-C, SIGTERM or SIGHUP."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (`cmd &`)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     code = 1

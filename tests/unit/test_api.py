@@ -328,3 +328,9 @@ def test_with_the_database_down_placing_an_order_is_a_503_problem_with_retry_aft
         assert_problem(client.get("/orders/1"), 503)
     finally:
         rt.close()
+
+
+def test_liveness_answers_while_the_process_serves_even_when_dependencies_are_down(client: FlaskClient) -> None:
+    assert client.get("/health").status_code == 503  # no broker here
+    response = client.get("/health/live")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok"}

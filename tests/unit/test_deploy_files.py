@@ -403,12 +403,14 @@ def test_disabling_the_sandbox_without_provider_urls_fails_with_a_message_naming
         render(chart, {"sandbox": {"enabled": False}})
 
 
-def test_the_api_deployment_probes_readiness_and_liveness_on_health(chart: helm_python.Chart) -> None:
+def test_the_api_deployment_probes_readiness_on_health_and_liveness_on_health_live(
+    chart: helm_python.Chart,
+) -> None:
     container = pod_spec(one(render(chart), "Deployment", "api"))["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    for probe in ("readinessProbe", "livenessProbe"):
+    for probe, path in (("readinessProbe", "/health"), ("livenessProbe", "/health/live")):
         get = container[probe]["httpGet"]
-        assert get["path"] == "/health"
+        assert get["path"] == path
         assert ports[get["port"]] == bookmarket_args(container["command"]).port
 
 
