@@ -28,6 +28,8 @@ def parser() -> argparse.ArgumentParser:
                     help="where the SQLite file, the embedded Redis and logs live (./var)")
     up.add_argument("--workers", type=int, default=_env_int("BOOKMARKET_WORKERS", 2),
                     help="Celery worker processes (2)")
+    up.add_argument("--flower-port", type=int, default=_env_int("BOOKMARKET_FLOWER_PORT", 5555),
+                    help="Flower monitoring port (5555); 0 disables it")
     api = sub.add_parser("api", help="the HTTP API under gunicorn")
     api.add_argument("--port", type=int, default=_env_int("BOOKMARKET_PORT", 8080))
     api.add_argument("--bind", default=os.environ.get("BOOKMARKET_BIND", "127.0.0.1"))
@@ -61,6 +63,11 @@ def celery_worker(workers: int, queue: str, beat_schedule: str | None = None) ->
     return argv
 
 
+def flower(port: int) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.main", "flower", f"--port={port}", "--address=127.0.0.1",
+            "--purge_offline_workers=60"]
+
+
 def celery_beat(schedule: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.main", "beat", "--loglevel", "INFO",
             "--schedule", schedule]
@@ -71,6 +78,7 @@ def up(args: argparse.Namespace) -> int:
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TMPDIR=str(data), PYTHONUNBUFFERED="1")
+    env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")  # local monitoring on loopback only
     env.setdefault("DATABASE_URL", sqlite_url_for(data))
     sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
     run_sandbox = not all(k in os.environ for k in ("PAYMENT_URL", "DELIVERY_URL", "MESSAGING_URL"))
@@ -104,6 +112,8 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
     supervisor.start("worker", celery_worker(args.workers, settings.queue))
     supervisor.start("beat", celery_beat(str(data / "beat-schedule")))
     supervisor.start("api", gunicorn_api("127.0.0.1", args.port))
+    if args.flower_port:
+        supervisor.start("flower", flower(args.flower_port))
     supervisor.wait_http("api", f"http://127.0.0.1:{args.port}/health")
     print(
         "bookmarket: up\n"
@@ -112,6 +122,7 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
         f"  database   {settings.database_url}\n"
         f"  broker     {settings.redis_url}\n"
         f"  workers    {args.workers} Celery worker process(es) + beat (sweeper every {settings.sweep_interval_s:g}s)\n"
+        f"  flower     {'http://127.0.0.1:%d' % args.flower_port if args.flower_port else 'off'}\n"
         "  Ctrl-C stops everything.",
         flush=True,
     )

@@ -17,6 +17,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -33,8 +34,10 @@ import psutil
 import pytest
 import redis
 import sqlalchemy as sa
+from celery import Celery
 
 from api.app import create_app
+from infra.broker import make_celery
 from infra.config import Settings
 from infra.db import normalize_url
 from infra.migrate import upgrade
@@ -211,6 +214,7 @@ class ChaosStack:
     postgres: PostgresServer
     redis: RedisServer
     engine: sa.Engine
+    control: Celery
     workers: dict[str, ProcessHandle] = field(default_factory=dict)
     beat_worker: str | None = None
     logs: list[Path] = field(default_factory=list)
@@ -224,20 +228,24 @@ class ChaosStack:
         self.logs.append(log)
         schedule = self.tmp / f"beat-{name}-{run}" if beat else None
         handle = start_worker(self.env, log, concurrency=concurrency, beat_schedule=schedule, name=f"{name}r{run}")
-        handle.extra["beat"] = beat
+        handle.extra.update(beat=beat, hostname=f"{name}r{run}@{socket.gethostname()}")
         if beat:
             self.beat_worker = name
         self.workers[name] = handle
         return handle
 
     def pool_children(self, name: str) -> list[psutil.Process]:
-        """The prefork pool processes of worker `name` (not the embedded beat process)."""
+        """The prefork pool processes of worker `name` (never its embedded beat), as the worker itself reports them
+        over remote control; children of its main process only, so nothing else can be hit."""
         handle = self.workers[name]
+        hostname = handle.extra["hostname"]
         try:
-            children = psutil.Process(handle.proc.pid).children()
-        except psutil.NoSuchProcess:
+            children = {c.pid: c for c in psutil.Process(handle.proc.pid).children()}
+            stats = self.control.control.inspect(destination=[hostname], timeout=2).stats() or {}
+        except (psutil.NoSuchProcess, redis.RedisError, OSError):
             return []
-        return [c for c in children if not _is_beat(c, self.tmp)]
+        pids = stats.get(hostname, {}).get("pool", {}).get("processes", [])
+        return [children[pid] for pid in pids if pid in children]
 
     def kill_pool_child(self, name: str, rng: random.Random) -> int | None:
         """SIGKILL one pool process of worker `name`, chosen at random; returns its pid."""
@@ -278,14 +286,6 @@ class ChaosStack:
         return "\n".join(parts)
 
 
-def _is_beat(process: psutil.Process, tmp: Path) -> bool:
-    """The embedded beat process keeps its schedule file (in the stack's folder) open; pool processes do not."""
-    try:
-        return any(f.path.startswith(str(tmp / "beat-")) for f in process.open_files())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
 @contextmanager
 def chaos_stack(name: str, tmp: Path, postgres: PostgresServer, redis_server: RedisServer,
                 workers: tuple[tuple[str, bool, int], ...] = (("w1", True, 4),),
@@ -300,7 +300,8 @@ def chaos_stack(name: str, tmp: Path, postgres: PostgresServer, redis_server: Re
     settings = Settings.from_env(env)
     app = create_app(settings)
     engine = sa.create_engine(normalize_url(database_url), pool_pre_ping=True)
-    stack = ChaosStack(name, tmp, env, settings, app, Sandbox(sandbox.url), postgres, redis_server, engine)
+    control = make_celery(settings)  # remote control only: asks workers for their pool's pids
+    stack = ChaosStack(name, tmp, env, settings, app, Sandbox(sandbox.url), postgres, redis_server, engine, control)
     try:
         for worker_name, beat, concurrency in workers:
             stack.start_worker(worker_name, beat=beat, concurrency=concurrency)
@@ -312,6 +313,7 @@ def chaos_stack(name: str, tmp: Path, postgres: PostgresServer, redis_server: Re
         with contextlib.suppress(Exception):
             app.extensions["bookmarket"].close()
         engine.dispose()
+        control.close()
 
 
 # --- the workload --------------------------------------------------------------------------------------------------
@@ -363,6 +365,10 @@ class Workload:
             thread.join(max(deadline - time.monotonic(), 0.1))
             if thread.is_alive():
                 raise AssertionError(f"the workload's {thread.name} thread is still running after {timeout}s")
+
+    def wait_posted(self, timeout: float = 180) -> None:
+        """Return once every order has been posted (a fault that lasts the whole run ends here)."""
+        wait_until(lambda: self.posting_done_at, timeout, 0.1, "the workload to post every order")
 
     def _take(self) -> int | None:
         with self._lock:

@@ -19,13 +19,13 @@ CONFIG_NAMES = ("DATABASE_URL", "REDIS_URL", "PAYMENT_URL", "DELIVERY_URL", "MES
 
 
 def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
-    port, sandbox_port = free_port(), free_port()
+    port, sandbox_port, flower_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in CONFIG_NAMES}
     log = (tmp_path / "up.log").open("wb")
     data = tmp_path / "var"
     up = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--sandbox-port", str(sandbox_port),
-         "--data-dir", str(data), "--workers", "1"],
+         "--data-dir", str(data), "--workers", "1", "--flower-port", str(flower_port)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     api = f"http://127.0.0.1:{port}"
@@ -39,6 +39,8 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
         ledger = requests.get(f"http://127.0.0.1:{sandbox_port}/payment/ledger", timeout=5).json()
         assert [(e["kind"], e["amount_cents"]) for e in ledger] == [("charge", 5990)]
         assert (data / "bookmarket.db").exists()
+        workers = wait_until(lambda: _json(f"http://127.0.0.1:{flower_port}/api/workers?refresh=1"), 30, 0.5, "Flower")
+        assert any("saga.pay" in str(info.get("registered", "")) for info in workers.values()), workers
         family = psutil.Process(up.pid).children(recursive=True)
         assert len(family) >= 4  # sandbox, worker (+ its pool), beat, api (+ its workers)
     except BaseException:
@@ -52,6 +54,14 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
     assert alive == [], f"left behind: {[p.pid for p in alive]}"
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
     assert "bookmarket: stopped" in (tmp_path / "up.log").read_text()
+
+
+def _json(url: str) -> dict | None:
+    try:
+        response = requests.get(url, timeout=2)
+    except requests.RequestException:
+        return None
+    return response.json() if response.status_code == 200 and response.json() else None
 
 
 def _answers(url: str) -> bool:

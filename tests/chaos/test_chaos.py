@@ -1,0 +1,103 @@
+"""Chaos scenarios: real workers, a throwaway PostgreSQL and redis-server, a sandbox, 200 orders and ~10% cancels
+each, one fault per scenario; afterwards every saga must end (or be parked with a reason) and money and goods must
+add up (tests/chaos/conftest.py: check_invariants).
+
+Run: .venv/bin/python -m pytest tests/chaos -q -s -m chaos
+"""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.conftest import PostgresServer, RedisServer, Workload, chaos_stack, run_scenario
+
+
+def at(workload: Workload, seconds: float) -> None:
+    """Sleep until `seconds` into the workload."""
+    time.sleep(max(seconds - workload.elapsed(), 0))
+
+
+@pytest.mark.chaos
+def test_worker_pool_processes_and_a_whole_worker_killed(tmp_path: Path, chaos_postgres: PostgresServer,
+                                                         chaos_redis: RedisServer) -> None:
+    with chaos_stack("worker-kill", tmp_path, chaos_postgres, chaos_redis, workers=(("w1", True, 4),)) as stack:
+        workload = Workload(stack, seed=1)
+        rng = random.Random(1)
+        plan = sorted([(rng.uniform(1.0, 9.5), "child") for _ in range(4)] + [(rng.uniform(4.0, 6.0), "worker")])
+        killed: list[str] = []
+
+        def fault() -> None:
+            for when, what in plan:
+                at(workload, when)
+                if what == "child":
+                    pid = stack.kill_pool_child("w1", rng)
+                    killed.append(f"child {pid} at {workload.elapsed():.1f}s")
+                else:
+                    stack.kill_worker("w1")
+                    killed.append(f"worker at {workload.elapsed():.1f}s")
+                    stack.start_worker("w1", beat=True, concurrency=4)
+            assert sum(k.startswith("child") and "None" not in k for k in killed) == 4, killed
+
+        run_scenario(stack, workload, fault)
+
+
+@pytest.mark.chaos
+def test_redis_killed_and_restarted_empty(tmp_path: Path, chaos_postgres: PostgresServer,
+                                          chaos_redis: RedisServer) -> None:
+    with chaos_stack("redis-kill", tmp_path, chaos_postgres, chaos_redis) as stack:
+        workload = Workload(stack, seed=2)
+
+        def fault() -> None:
+            at(workload, 4.0)
+            chaos_redis.kill()
+            time.sleep(3.0)
+            chaos_redis.start()
+
+        run_scenario(stack, workload, fault)
+
+
+@pytest.mark.chaos
+def test_postgres_stopped_immediately_for_ten_seconds(tmp_path: Path, chaos_postgres: PostgresServer,
+                                                      chaos_redis: RedisServer) -> None:
+    with chaos_stack("postgres-outage", tmp_path, chaos_postgres, chaos_redis) as stack:
+        # The clients keep posting through the outage (every POST then answers 503 and is not accepted), so
+        # they post more than 200 to get about 200 accepted.
+        workload = Workload(stack, orders=400, rate_per_s=25, seed=3)
+
+        def fault() -> None:
+            at(workload, 4.0)
+            chaos_postgres.stop("immediate")
+            time.sleep(10.0)
+            chaos_postgres.start()
+
+        run_scenario(stack, workload, fault)
+        assert workload.refused > 0, "the API never answered 503 while PostgreSQL was down"
+        assert len(workload.accepted) >= 150
+
+
+@pytest.mark.chaos
+def test_every_step_message_delivered_twice_to_two_racing_workers(tmp_path: Path, chaos_postgres: PostgresServer,
+                                                                  chaos_redis: RedisServer) -> None:
+    workers = (("w1", True, 2), ("w2", False, 2))
+    with chaos_stack("duplicate-dispatch", tmp_path, chaos_postgres, chaos_redis, workers=workers,
+                     CHAOS_DUPLICATE_DISPATCH="1") as stack:
+        assert stack.settings.chaos_duplicate_dispatch
+        workload = Workload(stack, seed=4)
+
+        run_scenario(stack, workload, workload.wait_posted)
+        assert stack.not_claimed() > 0, "no duplicate was ever turned away: were messages really sent twice?"
+
+
+@pytest.mark.chaos
+def test_payment_charges_but_loses_its_response(tmp_path: Path, chaos_postgres: PostgresServer,
+                                                chaos_redis: RedisServer) -> None:
+    with chaos_stack("payment-lost-response", tmp_path, chaos_postgres, chaos_redis,
+                     workers=(("w1", True, 6),)) as stack:
+        assert stack.settings.provider_timeout_s == 2
+        stack.sandbox.behave("payment", lose_response=0.3, hang_ms=3000)
+        workload = Workload(stack, seed=5)
+
+        run_scenario(stack, workload, workload.wait_posted)
