@@ -84,8 +84,7 @@ class Orders(MethodView):
             headers["Idempotent-Replayed"] = "true"
         wait = requested_wait()
         if wait is None:
-            view = service.get_order(runtime(), placed.order.id)
-            return order_body(view), 202, headers
+            return order_body(placed.view), 202, headers
         view = service.wait_for_payment(runtime(), placed.order.id, wait)
         headers["Preference-Applied"] = f"wait={wait:g}"
         return self._settled(view, headers)

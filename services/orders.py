@@ -28,9 +28,12 @@ class PlaceOrder:
 
 @dataclass(frozen=True)
 class PlacedOrder:
-    order: Order
-    saga_id: int | None
+    view: OrderView
     created: bool
+
+    @property
+    def order(self) -> Order:
+        return self.view.order
 
 
 def place_order(rt: Runtime, cmd: PlaceOrder, admit: Callable[[], None] | None = None) -> PlacedOrder:
@@ -68,7 +71,8 @@ def _insert(rt: Runtime, cmd: PlaceOrder) -> tuple[PlacedOrder, list[tuple[int, 
         saga = repo.load_saga(conn, saga_id)
         assert saga is not None
         dispatches = Executor(conn, saga, now, rt.definitions).handle(Started())
-    return PlacedOrder(order, saga_id, created=True), dispatches
+    view = OrderView(order, saga_id, book.title, ({"id": saga_id, "kind": ORDER_SAGA.kind, "status": "RUNNING"},))
+    return PlacedOrder(view, created=True), dispatches
 
 
 def _replay(rt: Runtime, cmd: PlaceOrder) -> PlacedOrder | None:
@@ -76,16 +80,12 @@ def _replay(rt: Runtime, cmd: PlaceOrder) -> PlacedOrder | None:
     assert cmd.idempotency_key
     with rt.db.reading() as conn:
         order = repo.find_order_by_key(conn, cmd.idempotency_key)
-        if order is None:
-            return None
-        if (order.customer_id, order.book_id, order.qty) != (cmd.customer_id, cmd.book_id, cmd.qty):
-            raise IdempotencyConflict(cmd.idempotency_key)
-        return PlacedOrder(order, _order_saga_id(conn, order), created=False)
-
-
-def _order_saga_id(conn: Any, order: Order) -> int | None:
-    sagas = repo.sagas_of_order(conn, order.id)
-    return sagas[0].id if sagas else None
+    if order is None:
+        return None
+    if (order.customer_id, order.book_id, order.qty) != (cmd.customer_id, cmd.book_id, cmd.qty):
+        raise IdempotencyConflict(cmd.idempotency_key)
+    assert order.id is not None
+    return PlacedOrder(get_order(rt, order.id), created=False)
 
 
 @dataclass(frozen=True)
