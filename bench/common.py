@@ -45,16 +45,26 @@ def log(message: str) -> None:
     print(f"[{time.monotonic() - _T0:7.1f}s] {message}", flush=True)
 
 
-def _raise_interrupt(signum: int, _frame: object) -> None:
+# Set by Ctrl-C, SIGTERM or SIGHUP. The handler also raises KeyboardInterrupt, but library code on the main
+# thread's path may catch and drop it, so every waiting loop here checks this flag as well (`check_stop`).
+STOP = threading.Event()
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    STOP.set()
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise KeyboardInterrupt("stop requested")
 
 
 def run_main(body: Callable[[contextlib.ExitStack], int]) -> int:
     """Run `body` with an ExitStack that is unwound (processes stopped, databases dropped) whatever happens:
     normal end, an error, Ctrl-C, SIGTERM or SIGHUP."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (`cmd &`)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too when started ignored (`cmd &`)
+        signal.signal(signum, _on_signal)
     code = 1
     with contextlib.ExitStack() as stack:
         try:
@@ -141,6 +151,7 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
     deadline = time.monotonic() + timeout
     procs = list(procs)
     while time.monotonic() < deadline:
+        check_stop()
         for proc in procs:
             proc.check()
         value = check()
@@ -374,7 +385,7 @@ def run_clients(count: int, jobs: int, work: Callable[[int, Any], None], make_st
     def client() -> None:
         state = make_state()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not STOP.is_set():
                 with lock:
                     index = next(counter, None)
                 if index is None:
@@ -392,8 +403,10 @@ def run_clients(count: int, jobs: int, work: Callable[[int, Any], None], make_st
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):  # join with a timeout so Ctrl-C reaches the main thread
+        check_stop()
         for t in threads:
             t.join(timeout=0.2)
+    check_stop()
     return errors
 
 

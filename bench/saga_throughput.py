@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "DBOS process (16; DBOS runs workflows as threads)")
     p.add_argument("--dbos-poll", type=float, default=0.05, help="queue mode: DBOS queue polling interval in "
                    "seconds (0.05; DBOS's default is 1)")
+    p.add_argument("--admission-limit", type=int, default=1_000_000, help="ADMISSION_MAX_WAITING_PAYMENTS for the "
+                   "API (1000000: every order is admitted, so the saga engine is measured, not admission control; "
+                   "the product default is 500). A 503 answer is retried after its Retry-After and counted")
     p.add_argument("--redis", default=c.REDIS_URL, help=f"broker of our saga ({c.REDIS_URL})")
     p.add_argument("--bare-redis", default=_redis_db(c.REDIS_URL, 3), help="broker and finish hash of the bare "
                    "chain (the same Redis, db 3)")
@@ -92,10 +95,11 @@ def _redis_db(url: str, db: int) -> str:
 
 
 def _delete_queue_keys(url: str, queue: str, *keys: str) -> None:
-    """Remove a run's queue (and its kombu binding) and hashes from Redis."""
+    """Remove a run's keys from Redis: the queue, kombu's bindings of it, the app's circuit-breaker state
+    (bookmarket:<queue>:...) and the given hashes. Queue names are random, so the pattern matches only ours."""
     try:
         r = redis.Redis.from_url(url)
-        doomed = [*keys, queue, f"_kombu.binding.{queue}", *r.scan_iter(match=f"{queue}*")]
+        doomed = [*keys, queue, *r.scan_iter(match=f"*{queue}*", count=1000)]
         r.delete(*doomed)
         r.close()
     except redis.RedisError as exc:
@@ -181,7 +185,8 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         upgrade(url)
         queue = f"bench-saga-{c.run_id()}"
         stack.callback(_delete_queue_keys, args.redis, queue)
-        env = c.base_env(DATABASE_URL=url, REDIS_URL=args.redis, SAGA_QUEUE=queue, **sandbox.provider_env())
+        env = c.base_env(DATABASE_URL=url, REDIS_URL=args.redis, SAGA_QUEUE=queue, **sandbox.provider_env(),
+                         ADMISSION_MAX_WAITING_PAYMENTS=str(args.admission_limit))
         procs = c.start_workers(stack, "workers.main", env, logs, workers, args.concurrency, queue, "saga", beat=True)
         api, api_url = c.start_api(stack, env, logs, args.api_workers)
         db = c.engine(stack, url)
@@ -193,13 +198,25 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
                                             "GROUP BY status"), {"a": after}).all()
             return {status: n for status, n in rows}
 
+        rejected = [0]
+
         def post(i: int, session: requests.Session, record: bool = True) -> None:
-            started = time.time()
-            ok = False
-            try:
-                ok = session.post(f"{api_url}/orders", json=_order_payload(i), timeout=60).status_code == 202
-            except requests.RequestException:
-                pass
+            """POST one order; a 503 (admission control) is retried after its Retry-After, until --timeout."""
+            deadline = time.monotonic() + args.timeout
+            while True:
+                started = time.time()
+                ok = False
+                try:
+                    response = session.post(f"{api_url}/orders", json=_order_payload(i), timeout=60)
+                    ok = response.status_code == 202
+                    if response.status_code == 503 and time.monotonic() < deadline and not c.STOP.is_set():
+                        with phase.post_lock:
+                            rejected[0] += 1
+                        time.sleep(min(float(response.headers.get("Retry-After", 1)), 5.0))
+                        continue
+                except requests.RequestException:
+                    pass
+                break
             if record:
                 phase.submitted(i, started, ok)
 
@@ -215,7 +232,8 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         def progress() -> str:
             now = counts(baseline)
             done = sum(now.get(s, 0) for s in SAGA_TERMINAL)
-            return (f"ours w={workers}: posted {phase.posted}/{args.orders} (errors {phase.submit_errors}), "
+            return (f"ours w={workers}: posted {phase.posted}/{args.orders} (errors {phase.submit_errors}, "
+                    f"503 retries {rejected[0]}), "
                     f"sagas {sum(now.values())} created, {done} terminal ({now.get('COMPLETED', 0)} completed)")
 
         rss_groups = {"api": [api.pid], "workers": [p.pid for p in procs]}
@@ -246,9 +264,17 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         not_completed = sum(1 for r in rows if r.status in SAGA_TERMINAL and r.status != "COMPLETED")
         first = min((r.created_at.timestamp() for r in rows), default=None)
         last = max((r.finished_at.timestamp() for r in completed), default=None)
+        from infra.config import Settings
+
         phase.finish(latencies, first, last, not_completed, unfinished, rss.report(),
-                     {"saga_statuses": _tally(r.status for r in rows), "sagas_created": len(rows)})
+                     {"saga_statuses": _tally(r.status for r in rows), "sagas_created": len(rows),
+                      "post_503_retries": rejected[0], "settings": _settings(Settings.from_env(env))})
     return phase.result
+
+
+def _settings(settings: Any) -> dict[str, Any]:
+    """The stack's settings (infra.config) for the record, without URLs that name throwaway resources."""
+    return {k: v for k, v in settings.describe().items() if not k.endswith("_url") and k != "queue"}
 
 
 def _tally(values: Any) -> dict[str, int]:
@@ -375,7 +401,8 @@ def run_dbos(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         if mode == "queue":
             from dbos import DBOSClient
 
-            client = DBOSClient(system_database_url=url, application_name=dbos_app.APP_NAME)
+            client = DBOSClient(system_database_url=url, application_name=dbos_app.APP_NAME,
+                                system_database_pool_size=min(args.clients, 20))
             stack.callback(client.destroy)
 
         def enqueue(i: int, _: object) -> None:
@@ -479,18 +506,19 @@ def _div(a: float, b: float) -> float:
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[str, Any]) -> None:
     headers = ["system", "W x conc", "orders", "completed", "failures", "sagas/s", "p50 ms", "p95 ms", "p99 ms",
-               "submit p50 ms", "submit p99 ms", "API peak MB", "workers peak MB"]
+               "submit p50 ms", "submit p99 ms", "503 retries", "API peak MB", "workers peak MB"]
     rows = []
     for r in results:
         if not r.get("measured"):
             rows.append([r["system"], f"{r['workers']} x -", args.orders, "NOT MEASURED", "-", None, None, None,
-                         None, None, None, None, None])
+                         None, None, None, None, None, None])
             continue
         mem = r["memory"]
         rows.append([r["system"] + (f" ({r['dbos_mode']})" if r["system"] == "dbos" else ""),
                      r["label"], r["orders"], r["completed"], r["failures"],
                      r["throughput_per_s"], r["latency"]["p50_ms"], r["latency"]["p95_ms"], r["latency"]["p99_ms"],
-                     r["submit"]["p50_ms"], r["submit"]["p99_ms"], mem.get("api", {}).get("peak_rss_mb"),
+                     r["submit"]["p50_ms"], r["submit"]["p99_ms"], r.get("post_503_retries"),
+                     mem.get("api", {}).get("peak_rss_mb"),
                      mem.get("workers", {}).get("peak_rss_mb")])
     c.print_table(f"saga throughput: {args.orders} orders, {args.clients} clients, sandbox latency "
                   f"{args.latency[0]}-{args.latency[1]} ms", headers, rows)

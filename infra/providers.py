@@ -10,10 +10,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
 
 class ProviderError(Exception):
-    """A transient failure: the call may succeed if tried again."""
+    """A transient failure: the call may succeed if tried again.
+
+    uncertain: the request may have been carried out (a timeout while waiting for the answer, a dropped
+    connection, a 500/502/504). Only a retry with the same idempotency key tells; nobody may assume it was not.
+    """
+
+    def __init__(self, message: str, uncertain: bool) -> None:
+        super().__init__(message)
+        self.uncertain = uncertain
 
 
 class ProviderRefused(Exception):
@@ -48,8 +57,12 @@ class HttpProvider:
             response = self._session.post(
                 f"{self.base_url}{path}", json=payload, headers={"Idempotency-Key": key}, timeout=self.timeout_s
             )
-        except requests.RequestException as exc:
-            raise ProviderError(f"{self.name} unreachable: {type(exc).__name__}") from None
+        except (requests.ConnectTimeout, requests.exceptions.InvalidURL) as exc:
+            raise ProviderError(f"{self.name} unreachable: {type(exc).__name__}", uncertain=False) from None
+        except requests.ConnectionError as exc:
+            raise ProviderError(f"{self.name} unreachable: {type(exc).__name__}", _maybe_sent(exc)) from None
+        except requests.RequestException as exc:  # ReadTimeout and friends: the request went out
+            raise ProviderError(f"{self.name} did not answer: {type(exc).__name__}", uncertain=True) from None
         return self._reply(response)
 
     def _reply(self, response: requests.Response) -> ProviderReply:
@@ -61,10 +74,21 @@ class HttpProvider:
             raise PaymentDeclined(f"payment declined: {body.get('detail') or body.get('title') or 'no reason'}")
         if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
             raise ProviderRefused(detail.strip())
-        raise ProviderError(detail.strip())
+        raise ProviderError(detail.strip(), uncertain=response.status_code not in NOT_PROCESSED)
 
     def close(self) -> None:
         self._session.close()
+
+
+# Answers that say the request was not processed: safe to treat as "did not happen".
+NOT_PROCESSED = frozenset({408, 409, 425, 429, 503})
+
+
+def _maybe_sent(exc: requests.ConnectionError) -> bool:
+    """A refused or failed connection sent nothing; a connection dropped mid-answer may have."""
+    reason = exc.args[0] if exc.args else None
+    inner = getattr(reason, "reason", reason)
+    return not isinstance(inner, urllib3.exceptions.NewConnectionError)
 
 
 def _json(response: requests.Response) -> dict[str, Any]:

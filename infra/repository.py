@@ -160,7 +160,7 @@ class SagaRecord:
             status=self.status,
             cancel_requested=self.cancel_requested,
             steps={
-                name: StepState(name, StepStatus(row.status), row.attempts, row.waited_s)
+                name: StepState(name, StepStatus(row.status), row.attempts, row.waited_s, row.outcome_unknown)
                 for name, row in self.steps.items()
             },
         )

@@ -94,6 +94,8 @@ saga_steps = sa.Table(
     sa.Column("available_at", Time),
     sa.Column("dispatched_at", Time),
     sa.Column("waited_s", sa.Float, nullable=False, default=0.0),
+    # An attempt may have taken effect at the provider (its answer was lost); only a definite answer clears it.
+    sa.Column("outcome_unknown", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 sa.Index("ix_saga_steps_due", saga_steps.c.status, saga_steps.c.available_at)
 sa.Index("ix_saga_steps_name_status", saga_steps.c.name, saga_steps.c.status)

@@ -45,6 +45,7 @@ class StepState:
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0
     waited_s: float = 0.0
+    uncertain: bool = False  # an earlier attempt may have taken effect; only a definite answer clears it
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class StepFailed:
     error: str
     permanent: bool = False
     jitter: float = 0.5
+    uncertain: bool = False  # the provider may have carried it out (timeout, lost answer, worker lost mid-call)
 
 
 @dataclass(frozen=True)
@@ -169,16 +171,20 @@ def _forward(definition: SagaDefinition, state: SagaState, done: str) -> list[Co
 def _on_failure(definition: SagaDefinition, state: SagaState, event: StepFailed) -> list[Command]:
     step = definition.step(event.step)
     attempts = state.step(event.step).attempts
-    if state.cancel_requested and not definition.is_compensation(step.name):
+    uncertain = event.uncertain or (state.step(event.step).uncertain and not event.permanent)
+    if state.cancel_requested and not uncertain and not definition.is_compensation(step.name):
         return _compensate(definition, state.with_step(step.name, StepStatus.FAILED), None)
     if not event.permanent and attempts < step.retry.max_attempts:
-        return [RunStep(step.name, step.retry.delay(attempts, event.jitter))]
+        return [RunStep(step.name, step.retry.delay(attempts, event.jitter))]  # same key: also learns the truth
     failed = state.with_step(step.name, StepStatus.FAILED)
     reason = f"{step.name} failed: {event.error}"
     if definition.is_compensation(step.name):
         return [FinishSaga(SagaStatus.FAILED, reason)]
     if step.best_effort:
         return _forward(definition, failed, step.name)
+    if uncertain:  # it may have happened and we hold no reference to undo it: a person decides
+        return [FinishSaga(SagaStatus.FAILED, f"{step.name} outcome unknown after {attempts} attempts: "
+                                              f"{event.error}")]
     if not definition.compensate_on_failure:
         return [FinishSaga(SagaStatus.FAILED, reason)]
     return _compensate(definition, failed, reason)
@@ -193,8 +199,10 @@ def _on_blocked(definition: SagaDefinition, state: SagaState, event: StepBlocked
 
 
 def _on_cancel(definition: SagaDefinition, state: SagaState, reason: str) -> list[Command]:
-    """A cancel acts now unless a step is in flight; then the flag set by the caller acts at the step's end."""
-    if state.status is SagaStatus.COMPENSATING or state.running_step is not None:
+    """A cancel acts now unless a step is in flight, or waits to retry after an answer that may have been lost;
+    then the flag set by the caller acts when that step ends."""
+    unresolved = any(s.uncertain and s.status.is_open for s in state.steps.values())
+    if state.status is SagaStatus.COMPENSATING or state.running_step is not None or unresolved:
         return []
     return _compensate(definition, replace(state, cancel_requested=True), reason)
 

@@ -71,7 +71,7 @@ def perform(rt: Runtime, context: StepContext, provider: str) -> tuple[Event, ob
     except ProviderRefused as exc:
         return StepFailed(context.step, str(exc), permanent=True), None
     except ProviderError as exc:
-        return StepFailed(context.step, str(exc), permanent=False, jitter=jitter()), None
+        return StepFailed(context.step, str(exc), jitter=jitter(), uncertain=exc.uncertain), None
     except Exception as exc:  # noqa: BLE001 - a bug must not strand the step: count it as a failed attempt
         log.exception("step %s of saga %s raised", context.step, context.saga_id)
         return StepFailed(context.step, f"{type(exc).__name__}: {exc}", permanent=False, jitter=jitter()), None
@@ -87,7 +87,8 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object) -> list[D
         assert saga is not None
         definition = rt.definitions[saga.kind]
         outcome = _outcome(definition.is_compensation(ctx.step), event)
-        values = {"status": outcome.value, "finished_at": now, "error": _error(event, reply), **_reference(reply)}
+        values = {"status": outcome.value, "finished_at": now, "error": _error(event, reply), **_reference(reply),
+                  **_certainty(event)}
         if not repo.close_step(conn, ctx.saga_id, ctx.step, attempt.number, values):
             log.warning("saga %s step %s attempt %s lost its lease; outcome dropped", ctx.saga_id, ctx.step,
                         attempt.number)
@@ -102,6 +103,15 @@ def _outcome(is_compensation: bool, event: Event) -> StepStatus:
     if isinstance(event, StepSucceeded):
         return StepStatus.COMPENSATED if is_compensation else StepStatus.SUCCEEDED
     return StepStatus.FAILED
+
+
+def _certainty(event: Event) -> dict[str, bool]:
+    """An answer that may hide an effect marks the step; a definite answer (success, refusal) clears it."""
+    if isinstance(event, StepSucceeded) or (isinstance(event, StepFailed) and event.permanent):
+        return {"outcome_unknown": False}
+    if isinstance(event, StepFailed) and event.uncertain:
+        return {"outcome_unknown": True}
+    return {}
 
 
 def _error(event: Event, reply: object) -> str | None:

@@ -61,14 +61,16 @@ def recover(rt: Runtime, saga_id: int, step: str) -> str:
             return "gone"
         recoveries = (repo.saga_row(conn, saga_id).recoveries or 0) + 1
         error = f"lease expired: the worker running attempt {row.attempts} was lost"
-        repo.close_step(conn, saga_id, step, row.attempts, {"status": "FAILED", "error": error, "finished_at": now})
+        repo.close_step(conn, saga_id, step, row.attempts,
+                        {"status": "FAILED", "error": error, "finished_at": now, "outcome_unknown": True})
         repo.update_saga(conn, saga_id, recoveries=recoveries)
         executor = Executor(conn, saga, now, rt.definitions)
         if recoveries > rt.settings.max_recoveries:
             reason = f"parked after {recoveries} recoveries: {error} (step {step})"
             executor.run([FinishSaga(SagaStatus.FAILED, reason)])
             return "parked"
-        dispatches = executor.handle(StepFailed(step, error, permanent=False, jitter=jitter()), StepStatus.FAILED)
+        lost = StepFailed(step, error, jitter=jitter(), uncertain=True)  # the call may have been made
+        dispatches = executor.handle(lost, StepStatus.FAILED)
     publish(rt, dispatches)
     return "recovered"
 

@@ -103,8 +103,10 @@ class PostgresServer:
         self._must("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
 
     def start(self) -> None:
+        # fsync=off only: a commit the server acknowledged must survive an immediate stop (synchronous_commit=off
+        # would lose acknowledged commits on `pg_ctl stop -m immediate` and fake a lost order).
         options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+                   "-c max_connections=300")
         self._must("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
 
     def stop(self, mode: str = "immediate") -> None:
@@ -319,12 +321,14 @@ def chaos_stack(name: str, tmp: Path, postgres: PostgresServer, redis_server: Re
 # --- the workload --------------------------------------------------------------------------------------------------
 @dataclass
 class Workload:
-    """Orders posted through the API by a few client threads at a steady rate, and about 10% of the accepted ones
-    cancelled at random moments. A 503 is not an accepted order (counted in `refused`); a cancel answered 503 is
-    retried like a client would."""
+    """Orders posted through the API by a few client threads at a steady rate until `orders` are accepted, and about
+    10% of the accepted ones cancelled at random moments. A 503 is not an accepted order (counted in `refused`; that
+    client backs off `backoff_s` before its next order); a cancel answered 503 is retried like a client would."""
 
     stack: ChaosStack
     orders: int = 200
+    max_posts: int = 600
+    backoff_s: float = 0.5
     rate_per_s: float = 20.0
     clients: int = 4
     cancel_fraction: float = 0.1
@@ -342,6 +346,7 @@ class Workload:
         self.rng = random.Random(self.seed)
         self._lock = threading.Lock()
         self._next = 0
+        self._in_flight = 0
         self._cancel_queue: list[tuple[float, int]] = []
         self._threads: list[threading.Thread] = []
         self._posting_left = self.clients
@@ -372,8 +377,9 @@ class Workload:
 
     def _take(self) -> int | None:
         with self._lock:
-            if self._next >= self.orders:
+            if len(self.accepted) + self._in_flight >= self.orders or self._next >= self.max_posts:
                 return None
+            self._in_flight += 1
             index = self._next
             self._next += 1
             return index
@@ -388,23 +394,26 @@ class Workload:
             key = f"chaos-{self.stack.name}-{index}"
             try:
                 response = client.post("/orders", json=body, headers={"Idempotency-Key": key})
+                status = response.status_code
             except Exception as exc:  # noqa: BLE001 - recorded; the checks fail on it
-                with self._lock:
-                    self.posted += 1
-                    self.errors.append(f"POST /orders raised {type(exc).__name__}: {exc}")
-                continue
+                status, response = -1, exc
             with self._lock:
                 self.posted += 1
-                if response.status_code == 202:
+                self._in_flight -= 1
+                if status == 202:
                     order = response.get_json()
                     self.accepted[order["id"]] = order
                     if self.rng.random() < self.cancel_fraction:
                         delay = self.rng.uniform(*self.cancel_delay_s)
                         heapq.heappush(self._cancel_queue, (time.monotonic() + delay, order["id"]))
-                elif response.status_code == 503:
+                elif status == 503:
                     self.refused += 1
+                elif status == -1:
+                    self.errors.append(f"POST /orders raised {type(response).__name__}: {response}")
                 else:
-                    self.errors.append(f"POST /orders answered {response.status_code}: {response.get_data(True)}")
+                    self.errors.append(f"POST /orders answered {status}: {response.get_data(True)}")
+            if status == 503:
+                time.sleep(self.backoff_s)  # a client told to come back later does not hammer
         with self._lock:
             self._posting_left -= 1
             if self._posting_left == 0:
@@ -472,6 +481,28 @@ def describe_open(stack: ChaosStack, limit: int = 10) -> str:
                 "SELECT name, status, attempts, max_attempts, error, started_at, finished_at, lease_until, "
                 "available_at, dispatched_at FROM saga_steps WHERE saga_id = :id ORDER BY position"), {"id": row.id}):
                 out.append(f"    {tuple(step)}")
+    return "\n".join(out)
+
+
+def describe_orders(stack: ChaosStack, order_ids: list[int], limit: int = 4) -> str:
+    """The order, its sagas and their steps, and its ledger entries: what a bug report needs."""
+    out = []
+    payment, delivery = stack.sandbox.ledger("payment"), stack.sandbox.ledger("delivery")
+    with stack.engine.connect() as conn:
+        for order_id in order_ids[:limit]:
+            order = conn.execute(sa.text("SELECT id, status, reason FROM orders WHERE id = :id"), {"id": order_id}).first()
+            out.append(f"order {tuple(order) if order else order_id}")
+            for saga in conn.execute(sa.text(
+                "SELECT id, kind, status, cancel_requested, recoveries, reason, created_at, finished_at FROM sagas "
+                "WHERE order_id = :id ORDER BY id"), {"id": order_id}):
+                out.append(f"  saga {tuple(saga)}")
+                for step in conn.execute(sa.text(
+                    "SELECT name, status, attempts, max_attempts, error, provider_ref, started_at, finished_at "
+                    "FROM saga_steps WHERE saga_id = :id ORDER BY position"), {"id": saga.id}):
+                    out.append(f"    step {tuple(step)}")
+            for provider, ledger in (("payment", payment), ("delivery", delivery)):
+                entries = [e for e in ledger if e["order_id"] == order_id]
+                out.append(f"  {provider} ledger: {entries}")
     return "\n".join(out)
 
 
@@ -579,7 +610,9 @@ def check_invariants(stack: ChaosStack, workload: Workload) -> Summary:
     if problems:
         shown = "\n".join(problems[:40])
         more = f"\n... and {len(problems) - 40} more" if len(problems) > 40 else ""
-        raise AssertionError(f"[{stack.name}] {len(problems)} invariant violation(s):\n{shown}{more}")
+        culprits = sorted({int(m.group(1)) for p in problems for m in [re.search(r"order (\d+)", p)] if m})
+        raise AssertionError(f"[{stack.name}] {len(problems)} invariant violation(s):\n{shown}{more}\n"
+                             f"{describe_orders(stack, culprits)}")
     statuses = Counter(s.status for s in sagas)
     return Summary(len(sagas), statuses["COMPLETED"] + statuses["COMPENSATED"], statuses[PARKED],
                    Counter(o.status for o in orders.values()))

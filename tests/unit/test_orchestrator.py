@@ -153,3 +153,28 @@ def test_the_order_status_an_ended_saga_leaves(saga: SagaStatus, cancel: bool, c
                                                 expected: OrderStatus | None) -> None:
     assert order_outcome("order", saga, cancel, confirmed) == expected
     assert order_outcome("cancel", saga, cancel, confirmed) is None
+
+
+def test_an_answer_lost_after_the_provider_acted_is_retried_with_the_same_key_even_after_a_cancel() -> None:
+    current = state(cancel=True, pay=(S.RUNNING, 1))
+    commands = decide(ORDER_SAGA, current, StepFailed("pay", "ReadTimeout", jitter=0.0, uncertain=True))
+    assert commands == [RunStep("pay", ORDER_SAGA.step("pay").retry.delay(1, 0.0))]
+
+
+def test_a_cancel_waits_while_a_step_retries_to_learn_whether_it_took_effect() -> None:
+    unresolved = SagaState(SagaStatus.RUNNING, {"pay": StepState("pay", S.PENDING, 1, uncertain=True)})
+    assert decide(ORDER_SAGA, unresolved, CancelRequested()) == []
+
+
+def test_a_step_whose_outcome_stays_unknown_parks_the_saga_for_a_person_instead_of_compensating() -> None:
+    limit = ORDER_SAGA.step("ship").retry.max_attempts
+    current = SagaState(SagaStatus.RUNNING, {"pay": StepState("pay", S.SUCCEEDED, 1),
+                                             "ship": StepState("ship", S.RUNNING, limit, uncertain=True)})
+    commands = decide(ORDER_SAGA, current, StepFailed("ship", "503"))
+    assert commands == [FinishSaga(SagaStatus.FAILED, f"ship outcome unknown after {limit} attempts: 503")]
+
+
+def test_a_definite_refusal_clears_an_earlier_doubt() -> None:
+    current = SagaState(SagaStatus.RUNNING, {"pay": StepState("pay", S.RUNNING, 2, uncertain=True)})
+    commands = decide(ORDER_SAGA, current, StepFailed("pay", "declined", permanent=True))
+    assert commands[-1] == FinishSaga(SagaStatus.COMPENSATED, "pay failed: declined")
