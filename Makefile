@@ -18,6 +18,9 @@ run: install
 
 test: install
 	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/mypy --strict domain saga
+	$(BIN)/mypy services infra api workers cli
 	$(BIN)/python -m pytest
 
 test-unit: install

@@ -46,8 +46,8 @@ class ProblemApi(Api):  # type: ignore[misc]
         status = error.code or 500
         headers = dict(error.get_headers())
         headers.pop("Content-Type", None)
-        data = getattr(error, "data", None) or {}
-        errors = _flatten(data.get("messages")) if data.get("messages") else None
+        messages = (getattr(error, "data", None) or {}).get("messages")
+        errors = _flatten(messages) if isinstance(messages, dict) and messages else None
         if errors and set(errors) == {"_"}:  # a message about the whole body, not a field
             detail, errors = _detail(errors).removeprefix("_: "), None
             return problem(status, error.name, detail, headers)

@@ -277,15 +277,15 @@ def _delete_queue_keys(url: str, queue: str) -> None:
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]], env_info: dict[str, Any], behind: str) -> None:
-    headers = ["endpoint", "tool", "conns", "seconds", "requests", "req/s", "ok req/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
-               "statuses", "errors", "API peak MB"]
+    headers = ["endpoint", "tool", "conns", "seconds", "requests", "req/s", "ok req/s", "p50 ms", "p90 ms", "p99 ms",
+               "max ms", "statuses", "errors", "API peak MB"]
     rows = []
     for r in results:
         codes = " ".join(f"{k}:{v}" for k, v in sorted(r.get("statuses", {}).items()))
         errors = ", ".join(f"{v} {k}" for k, v in r["errors"].items() if v) or "0"
         rows.append([r["endpoint"], r["tool"], r["connections"], r["duration_s"], r["requests"], r["requests_per_s"],
-                     r["ok_requests_per_s"], r["latency"]["p50_ms"], r["latency"]["p90_ms"], r["latency"]["p99_ms"], r["latency"]["max_ms"],
-                     codes, errors, r["memory"]["api"]["peak_rss_mb"]])
+                     r["ok_requests_per_s"], r["latency"]["p50_ms"], r["latency"]["p90_ms"], r["latency"]["p99_ms"],
+                     r["latency"]["max_ms"], codes, errors, r["memory"]["api"]["peak_rss_mb"]])
     c.print_table(f"API load ({args.api_workers} gunicorn workers x 16 threads; {behind})", headers, rows)
     command = c.command_line()
     payload = {"benchmark": "api_load", "command": command,

@@ -442,10 +442,10 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = "  ".join("-" * w for w in widths)
     print(f"\n{title}", flush=True)
-    print("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths))))
+    print("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=False))))
     print(line)
     for row in cells:
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))))
     print(flush=True)
 
 
@@ -498,7 +498,7 @@ def grouped_bars(ax: Any, groups: Sequence[str], series: dict[str, Sequence[floa
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
         heights = [0 if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values]
         bars = ax.bar(xs, heights, width, label=label)
-        for bar, v in zip(bars, values):
+        for bar, v in zip(bars, values, strict=False):
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 text = "n/m"
             else:

@@ -358,6 +358,7 @@ def run_bare(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
 def run_dbos(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: Path) -> dict[str, Any]:
     try:
         import dbos  # noqa: F401
+
         from bench import dbos_app
     except Exception as exc:  # noqa: BLE001 - say exactly why it is not measured
         return not_measured("dbos", workers, f"cannot import dbos: {type(exc).__name__}: {exc}")

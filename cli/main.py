@@ -122,7 +122,7 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
         f"  database   {settings.database_url}\n"
         f"  broker     {settings.redis_url}\n"
         f"  workers    {args.workers} Celery worker process(es) + beat (sweeper every {settings.sweep_interval_s:g}s)\n"
-        f"  flower     {'http://127.0.0.1:%d' % args.flower_port if args.flower_port else 'off'}\n"
+        f"  flower     {f'http://127.0.0.1:{args.flower_port}' if args.flower_port else 'off'}\n"
         "  Ctrl-C stops everything.",
         flush=True,
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from domain.errors import InvalidQuantity, InvalidTransition
 
@@ -16,10 +16,10 @@ MAX_QTY = 100
 
 def utcnow() -> datetime:
     """The current time in UTC, aware."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-class OrderStatus(str, enum.Enum):
+class OrderStatus(enum.StrEnum):
     PENDING = "PENDING"
     PAID = "PAID"
     SHIPPED = "SHIPPED"
@@ -96,18 +96,18 @@ def order_transition_allowed(current: OrderStatus, new: OrderStatus) -> bool:
     return new is current or new in _ORDER_TRANSITIONS[current]
 
 
-class PaymentStatus(str, enum.Enum):
+class PaymentStatus(enum.StrEnum):
     CHARGED = "CHARGED"
     DECLINED = "DECLINED"
     REFUNDED = "REFUNDED"
 
 
-class DeliveryStatus(str, enum.Enum):
+class DeliveryStatus(enum.StrEnum):
     SHIPPED = "SHIPPED"
     CANCELLED = "CANCELLED"
 
 
-class NotificationStatus(str, enum.Enum):
+class NotificationStatus(enum.StrEnum):
     PENDING = "PENDING"
     SENT = "SENT"
     FAILED = "FAILED"

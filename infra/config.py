@@ -11,8 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 
-
-
 @dataclass(frozen=True)
 class Settings:
     database_url: str

@@ -19,7 +19,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, jitter: float) -> float:
         """Seconds to wait after `attempt` failed; jitter in [0, 1) spreads it over [half, full]."""
-        full = min(self.cap_s, self.base_s * 2 ** max(attempt - 1, 0))
+        full: float = min(self.cap_s, self.base_s * 2.0 ** max(attempt - 1, 0))
         return full / 2 + full / 2 * jitter
 
 

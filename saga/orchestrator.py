@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from saga.definition import SagaDefinition
 
 
-class SagaStatus(str, enum.Enum):
+class SagaStatus(enum.StrEnum):
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     COMPENSATING = "COMPENSATING"
@@ -25,7 +25,7 @@ class SagaStatus(str, enum.Enum):
         return self in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
 
 
-class StepStatus(str, enum.Enum):
+class StepStatus(enum.StrEnum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     WAITING = "WAITING"

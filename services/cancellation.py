@@ -8,8 +8,8 @@ from sqlalchemy.engine import Connection
 from domain.errors import OrderNotFound, SagaNeedsSupport
 from domain.model import Order, OrderStatus, utcnow
 from infra import repository as repo
-from saga.order_saga import CANCEL_SAGA, ORDER_SAGA
 from saga.orchestrator import CancelRequested, SagaStatus, Started
+from saga.order_saga import CANCEL_SAGA, ORDER_SAGA
 from services.executor import Dispatch, Executor
 from services.orders import OrderView, get_order
 from services.runtime import Runtime

@@ -18,7 +18,6 @@ from domain.model import OrderStatus
 from infra import repository as repo
 from infra.repository import SagaRecord
 from saga.definition import SagaDefinition
-from saga.order_saga import DEFINITIONS, order_outcome
 from saga.orchestrator import (
     BeginCompensation,
     Command,
@@ -33,6 +32,7 @@ from saga.orchestrator import (
     WaitStep,
     decide,
 )
+from saga.order_saga import DEFINITIONS, order_outcome
 from services.effects import LOCAL_STEPS
 
 Dispatch = tuple[int, str]

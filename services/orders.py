@@ -11,8 +11,8 @@ import sqlalchemy.exc
 from domain.errors import IdempotencyConflict, OrderNotFound, SagaNotFound, UnknownBook
 from domain.model import Book, Order, OrderStatus, check_quantity, utcnow
 from infra import repository as repo
-from saga.order_saga import ORDER_SAGA
 from saga.orchestrator import Started
+from saga.order_saga import ORDER_SAGA
 from services.executor import Executor
 from services.runtime import Runtime
 from services.steps import publish

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
+from infra.breakers import BreakerPolicy, Breakers
 from infra.broker import Publisher, make_celery
 from infra.config import Settings
 from infra.db import Database
 from infra.providers import Providers
-from infra.breakers import BreakerPolicy, Breakers
 from infra.redis_client import redis_from_url
 from saga.definition import SagaDefinition
 from saga.order_saga import DEFINITIONS, PROVIDERS

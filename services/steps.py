@@ -5,13 +5,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from domain.model import utcnow
-from infra import repository as repo
 from sqlalchemy.engine import Connection
 
+from domain.model import utcnow
+from infra import repository as repo
+from infra.breakers import ProviderBlocked
 from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, ProviderReply
 from saga.definition import SagaDefinition
-from infra.breakers import ProviderBlocked
 from saga.orchestrator import Event, SagaStatus, StepBlocked, StepFailed, StepStatus, StepSucceeded
 from services.effects import StepContext, load_context, record_failure, record_success
 from services.executor import Dispatch, Executor, jitter

@@ -11,8 +11,8 @@ from celery.signals import worker_process_init
 
 from infra.broker import make_celery, task_name
 from infra.config import Settings
-from saga.order_saga import DEFINITIONS
 from infra.providers import ProviderReply
+from saga.order_saga import DEFINITIONS
 from services.effects import ACTIONS, Action
 from services.runtime import Runtime, build_runtime
 from services.steps import run_step

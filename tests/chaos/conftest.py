@@ -490,7 +490,8 @@ def describe_orders(stack: ChaosStack, order_ids: list[int], limit: int = 4) -> 
     payment, delivery = stack.sandbox.ledger("payment"), stack.sandbox.ledger("delivery")
     with stack.engine.connect() as conn:
         for order_id in order_ids[:limit]:
-            order = conn.execute(sa.text("SELECT id, status, reason FROM orders WHERE id = :id"), {"id": order_id}).first()
+            order = conn.execute(sa.text("SELECT id, status, reason FROM orders WHERE id = :id"),
+                                 {"id": order_id}).first()
             out.append(f"order {tuple(order) if order else order_id}")
             for saga in conn.execute(sa.text(
                 "SELECT id, kind, status, cancel_requested, recoveries, reason, created_at, finished_at FROM sagas "

@@ -29,8 +29,9 @@ def place_all(live: Stack, customer_id: int, count: int) -> list[dict[str, Any]]
 
 def wait_orders(live: Stack, orders: list[dict[str, Any]], status: str, timeout: float = 60) -> None:
     for order in orders:
-        wait_until(lambda: live.order(order["id"])["status"] == status, timeout, 0.1,
-                   f"order {order['id']} to be {status}")
+        order_id = order["id"]
+        wait_until(lambda oid=order_id: live.order(oid)["status"] == status, timeout, 0.1,
+                   f"order {order_id} to be {status}")
 
 
 def test_payment_breaker_opens_turns_orders_away_with_retry_after_and_recovers(live: Stack) -> None:

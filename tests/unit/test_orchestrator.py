@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from domain.model import OrderStatus
 from saga.definition import DefinitionError, RetryPolicy, SagaDefinition, Step
-from saga.order_saga import ORDER_SAGA, order_outcome
 from saga.orchestrator import (
     BeginCompensation,
     CancelRequested,
@@ -21,7 +21,7 @@ from saga.orchestrator import (
     WaitStep,
     decide,
 )
-from domain.model import OrderStatus
+from saga.order_saga import ORDER_SAGA, order_outcome
 
 S = StepStatus
 

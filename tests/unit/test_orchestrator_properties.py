@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saga.order_saga import ORDER_SAGA
 from saga.orchestrator import (
     BeginCompensation,
     CancelRequested,
@@ -21,12 +20,12 @@ from saga.orchestrator import (
     Started,
     StepBlocked,
     StepFailed,
-    StepState,
     StepStatus,
     StepSucceeded,
     WaitStep,
     decide,
 )
+from saga.order_saga import ORDER_SAGA
 
 D = ORDER_SAGA
 OPEN = (StepStatus.PENDING, StepStatus.WAITING)
