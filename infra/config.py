@@ -31,6 +31,7 @@ class Settings:
     breaker_policies: dict[str, dict[str, float]]
     admission_max_waiting_payments: int
     admission_retry_after_s: float
+    inline_steps: int
     chaos_duplicate_dispatch: bool
     chaos_poison_steps: dict[str, str]
 
@@ -62,6 +63,7 @@ class Settings:
             breaker_policies=_json_object("BREAKER_POLICIES", _env("BREAKER_POLICIES", "{}")),
             admission_max_waiting_payments=int(_env("ADMISSION_MAX_WAITING_PAYMENTS", "500")),
             admission_retry_after_s=float(_env("ADMISSION_RETRY_AFTER_S", "2")),
+            inline_steps=int(_env("INLINE_STEPS", "4")),
             chaos_duplicate_dispatch=_env("CHAOS_DUPLICATE_DISPATCH", "0") in ("1", "true", "yes"),
             chaos_poison_steps=_poison(_env("CHAOS_POISON_STEPS", "")),
         )

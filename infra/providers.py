@@ -47,6 +47,7 @@ class HttpProvider:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._session = requests.Session()
+        self._session.trust_env = False  # no proxy or netrc look-ups in os.environ on every call
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from domain.model import Book, Order, OrderStatus, utcnow
@@ -53,7 +54,7 @@ def _order_from_row(row: Any) -> Order:
 
 
 def add_order(conn: Connection, order: Order, title: str, idempotency_key: str | None) -> int:
-    """Insert the order and its read-model row; returns the new id."""
+    """Insert the order and its read-model row (linked to its saga by create_saga); returns the new id."""
     values = {
         "customer_id": order.customer_id, "book_id": order.book_id, "qty": order.qty,
         "amount_cents": order.amount_cents, "status": order.status.value, "idempotency_key": idempotency_key,
@@ -73,6 +74,31 @@ def get_order(conn: Connection, order_id: int, lock: bool = False) -> Order | No
     query = sa.select(orders).where(orders.c.id == order_id)
     row = conn.execute(query.with_for_update() if lock else query).first()
     return _order_from_row(row) if row else None
+
+
+@dataclass(frozen=True)
+class OrderContext:
+    """An order with what its steps need: the book's title and the provider references so far."""
+
+    order: Order
+    title: str
+    charge_ref: str | None
+    shipment_ref: str | None
+
+
+def order_context(conn: Connection, order_id: int) -> OrderContext | None:
+    """The order, its book's title and its charge and shipment references, in one round trip."""
+    query = (
+        sa.select(orders, books.c.title, payments.c.charge_ref, deliveries.c.shipment_ref)
+        .join(books, books.c.id == orders.c.book_id)
+        .outerjoin(payments, payments.c.order_id == orders.c.id)
+        .outerjoin(deliveries, deliveries.c.order_id == orders.c.id)
+        .where(orders.c.id == order_id)
+    )
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    return OrderContext(_order_from_row(row), row.title, row.charge_ref, row.shipment_ref)
 
 
 def find_order_by_key(conn: Connection, key: str) -> Order | None:
@@ -100,37 +126,38 @@ def customer_order_page(conn: Connection, customer_id: int, offset: int, limit: 
 
 
 # --- provider records --------------------------------------------------------------------------------------------
-def upsert(conn: Connection, table: sa.Table, key: dict[str, Any], values: dict[str, Any]) -> None:
-    """Update the row at `key`, inserting it when absent."""
-    where = sa.and_(*(table.c[k] == v for k, v in key.items()))
-    if conn.execute(table.update().where(where).values(values)).rowcount == 0:
-        conn.execute(table.insert().values({**key, **values}))
+def upsert(conn: Connection, table: sa.Table, key: dict[str, Any], values: dict[str, Any],
+           insert_only: dict[str, Any] | None = None) -> None:
+    """Insert the row at `key`, or update it when it exists, in one statement (INSERT ... ON CONFLICT)."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    statement = insert(table).values({**key, **values, **(insert_only or {})})
+    conn.execute(statement.on_conflict_do_update(index_elements=list(key), set_=values))
 
 
 def save_payment(conn: Connection, order_id: int, **values: Any) -> None:
+    """Insert or replace the order's payment record (a charge or a decline)."""
     upsert(conn, payments, {"order_id": order_id}, {**values, "updated_at": utcnow()})
 
 
+def update_payment(conn: Connection, order_id: int, **values: Any) -> None:
+    """Change the existing payment record (a refund)."""
+    conn.execute(payments.update().where(payments.c.order_id == order_id).values(**values, updated_at=utcnow()))
+
+
 def save_delivery(conn: Connection, order_id: int, **values: Any) -> None:
+    """Insert or replace the order's delivery record (a shipment)."""
     upsert(conn, deliveries, {"order_id": order_id}, {**values, "updated_at": utcnow()})
 
 
-def get_payment(conn: Connection, order_id: int) -> Any:
-    return conn.execute(sa.select(payments).where(payments.c.order_id == order_id)).first()
-
-
-def get_delivery(conn: Connection, order_id: int) -> Any:
-    return conn.execute(sa.select(deliveries).where(deliveries.c.order_id == order_id)).first()
+def update_delivery(conn: Connection, order_id: int, **values: Any) -> None:
+    """Change the existing delivery record (a cancellation)."""
+    conn.execute(deliveries.update().where(deliveries.c.order_id == order_id).values(**values, updated_at=utcnow()))
 
 
 def save_notification(conn: Connection, saga_id: int, step: str, **values: Any) -> None:
-    values["updated_at"] = utcnow()
-    key = {"saga_id": saga_id, "step": step}
-    if "created_at" not in values and conn.execute(
-        sa.select(notifications.c.id).where(notifications.c.saga_id == saga_id, notifications.c.step == step)
-    ).first() is None:
-        values["created_at"] = values["updated_at"]
-    upsert(conn, notifications, key, values)
+    now = utcnow()
+    upsert(conn, notifications, {"saga_id": saga_id, "step": step}, {**values, "updated_at": now},
+           insert_only={"created_at": now})
 
 
 def notification_page(conn: Connection, customer_id: int | None, offset: int, limit: int) -> tuple[list[Any], int]:

@@ -88,11 +88,11 @@ def record_success(conn: Connection, c: StepContext, reply: ProviderReply) -> No
         repo.save_payment(conn, c.order_id, status=PaymentStatus.CHARGED.value, amount_cents=c.order.amount_cents,
                           charge_ref=reply.reference)
     elif c.step == "cancel_payment":
-        repo.save_payment(conn, c.order_id, status=PaymentStatus.REFUNDED.value, refund_ref=reply.reference)
+        repo.update_payment(conn, c.order_id, status=PaymentStatus.REFUNDED.value, refund_ref=reply.reference)
     elif c.step == "ship":
         repo.save_delivery(conn, c.order_id, status=DeliveryStatus.SHIPPED.value, shipment_ref=reply.reference)
     elif c.step == "cancel_delivery":
-        repo.save_delivery(conn, c.order_id, status=DeliveryStatus.CANCELLED.value, cancel_ref=reply.reference)
+        repo.update_delivery(conn, c.order_id, status=DeliveryStatus.CANCELLED.value, cancel_ref=reply.reference)
     elif c.step in MESSAGE_STEPS:
         _save_message(conn, c, NotificationStatus.SENT, error=None, ref=reply.reference)
 
@@ -113,12 +113,7 @@ def _save_message(conn: Connection, c: StepContext, status: NotificationStatus, 
 
 def load_context(conn: Connection, saga_id: int, step: str, order_id: int) -> StepContext:
     """Read what step `step` of saga `saga_id` needs for its provider call."""
-    order = repo.get_order(conn, order_id)
-    assert order is not None
-    book = repo.get_book(conn, order.book_id)
-    payment = repo.get_payment(conn, order_id)
-    delivery = repo.get_delivery(conn, order_id)
-    return StepContext(
-        saga_id=saga_id, step=step, order=order, title=book.title if book else f"book {order.book_id}",
-        charge_ref=payment.charge_ref if payment else None, shipment_ref=delivery.shipment_ref if delivery else None,
-    )
+    found = repo.order_context(conn, order_id)
+    assert found is not None, f"saga {saga_id} has no order {order_id}"
+    return StepContext(saga_id=saga_id, step=step, order=found.order, title=found.title,
+                       charge_ref=found.charge_ref, shipment_ref=found.shipment_ref)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.engine import Connection
 
 from domain.errors import DomainError
-from domain.model import OrderStatus
+from domain.model import Order, OrderStatus
 from infra import repository as repo
 from infra.repository import SagaRecord
 from saga.definition import SagaDefinition
@@ -42,9 +42,10 @@ class Executor:
     """Applies commands for one saga within one transaction; collects the dispatches to publish after commit."""
 
     def __init__(self, conn: Connection, saga: SagaRecord, now: datetime,
-                 definitions: Mapping[str, SagaDefinition] = DEFINITIONS) -> None:
+                 definitions: Mapping[str, SagaDefinition] = DEFINITIONS, order: Order | None = None) -> None:
         self.conn = conn
         self.saga = saga
+        self.order = order  # the saga's order as read under the saga lock, when the caller has it
         self.definition: SagaDefinition = definitions[saga.kind]
         self.state: SagaState = saga.state()
         self.now = now
@@ -137,9 +138,10 @@ class Executor:
         self.state = replace(self.state, status=command.status)
 
     def _set_order_status(self, status: OrderStatus, reason: str | None = None) -> None:
-        order = repo.get_order(self.conn, self.saga.order_id)
+        order = self.order or repo.get_order(self.conn, self.saga.order_id)
         assert order is not None
         order.move_to(status, reason)
+        self.order = order
         repo.save_order_status(self.conn, order)
 
     def _position(self, name: str) -> int:
