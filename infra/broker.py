@@ -25,8 +25,12 @@ def make_celery(settings: Settings) -> Celery:
     - visibility_timeout: an unacked message (its worker vanished) comes back after this long; it is longer than
       any step lease so a slow step is not run twice at once, and the sweeper re-sends sooner anyway.
     - no result backend: nobody waits on a Celery result; status is read from the saga table.
+    - unacked restore: workers put back unacked messages older than the visibility timeout (at most
+      unacked_restore_limit per pass, so a restart after a crash does not flood the queue at once).
     - bounded publish: connection and publish retries are short, so an API call never hangs on a dead broker;
       what could not be sent stays in the step's outbox columns for the sweeper.
+    - connection loss: running steps finish (their late ack is lost, the message comes back and finds the step
+      done: a no-op); the worker reconnects forever, and beat resumes sweeping.
     """
     app = Celery("bookmarket", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
@@ -49,7 +53,10 @@ def make_celery(settings: Settings) -> Celery:
             "socket_timeout": settings.publish_timeout_s,
             "socket_connect_timeout": settings.publish_timeout_s,
             "max_retries": 1,
+            "unacked_restore_limit": 100,
         },
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_connection_max_retries=None,
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3},
         beat_schedule={"sweep": {"task": "saga.sweep", "schedule": settings.sweep_interval_s}},
