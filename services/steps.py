@@ -148,6 +148,11 @@ def _record_effects(conn: Connection, executor: Executor, ctx: StepContext, even
 def publish(rt: Runtime, dispatches: Sequence[Dispatch]) -> None:
     """Send the committed dispatches; what the broker refused is left to the sweeper."""
     failed = rt.publisher.publish(dispatches)
-    if failed:
+    if not failed:
+        return
+    try:
         with rt.db.transaction() as conn:
             repo.clear_dispatch(conn, failed)
+    except Exception:  # noqa: BLE001 - what is committed stands; the sweeper re-sends after REDISPATCH_AFTER_S
+        log.warning("could not mark %d unsent dispatch(es); the sweeper will re-send them later", len(failed),
+                    exc_info=True)

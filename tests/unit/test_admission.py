@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 from api.app import create_app
-from tests.unit.fakes import make_runtime
+from domain.model import utcnow
+from infra import repository as repo
+from tests.unit.fakes import RecordingPublisher, make_runtime
 
 
 def test_orders_beyond_the_payment_backlog_limit_get_503_with_retry_after_and_create_nothing(tmp_path: Path) -> None:
@@ -38,3 +41,22 @@ def test_a_retried_post_with_a_known_idempotency_key_is_answered_even_when_full(
 
     assert again.status_code == 202 and again.get_json()["id"] == first.get_json()["id"]
     assert client.post("/orders", json=body).status_code == 503
+
+
+def test_an_order_committed_while_the_broker_is_down_is_accepted_and_left_for_the_sweeper(tmp_path: Path) -> None:
+    rt = make_runtime(tmp_path, RecordingPublisher(fail=True))
+    client = create_app(rt.settings, runtime=rt).test_client()
+
+    response = client.post("/orders", json={"customer_id": 9, "book_id": 1, "qty": 1})
+
+    assert response.status_code == 202
+    steps = client.get(f"/sagas/{response.get_json()['saga_id']}").get_json()["steps"]
+    pay = next(s for s in steps if s["name"] == "pay")
+    assert pay["status"] == "PENDING"
+    with rt.db.reading() as conn:
+        from datetime import timedelta
+
+        from domain.model import utcnow
+        from infra import repository as repo
+        assert repo.due_dispatches(conn, utcnow(), utcnow() - timedelta(seconds=30), 10) == [
+            (response.get_json()["saga_id"], "pay")]
