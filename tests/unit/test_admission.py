@@ -54,9 +54,5 @@ def test_an_order_committed_while_the_broker_is_down_is_accepted_and_left_for_th
     pay = next(s for s in steps if s["name"] == "pay")
     assert pay["status"] == "PENDING"
     with rt.db.reading() as conn:
-        from datetime import timedelta
-
-        from domain.model import utcnow
-        from infra import repository as repo
         assert repo.due_dispatches(conn, utcnow(), utcnow() - timedelta(seconds=30), 10) == [
             (response.get_json()["saga_id"], "pay")]
