@@ -148,7 +148,7 @@ def main() -> int:
                    SAGA_QUEUE=f"saga-overload-{uuid.uuid4().hex[:6]}", SANDBOX_URL=sandbox_proc.url,
                    ADMISSION_MAX_WAITING_PAYMENTS=str(args.max_waiting), PROVIDER_TIMEOUT_S="5")
         env.pop("PAYMENT_URL", None), env.pop("DELIVERY_URL", None), env.pop("MESSAGING_URL", None)
-        procs.append(start_worker(env, tmp / "worker.log", args.concurrency, tmp / "beat-schedule"))
+        procs.append(start_worker(env, tmp / "worker.log", args.concurrency))
         port = free_port()
         api = spawn([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
                      str(args.api_workers), "--worker-class", "gthread", "--threads", "32", "api.wsgi:app"],

@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="a Celery worker running saga steps")
     worker.add_argument("--workers", type=int, default=_env_int("BOOKMARKET_WORKERS", 2))
     worker.add_argument("--beat", action="store_true", help="also run the sweeper schedule in this worker")
-    sub.add_parser("beat", help="the Celery beat that schedules the recovery sweeper")
+    sub.add_parser("beat", help="optional: Celery beat scheduling saga.sweep (every worker already sweeps)")
     sandbox = sub.add_parser("sandbox", help="the sandbox payment, delivery and messaging providers")
     sandbox.add_argument("--port", type=int, default=_env_int("BOOKMARKET_SANDBOX_PORT", 8090))
     sandbox.add_argument("--bind", default=os.environ.get("BOOKMARKET_BIND", "127.0.0.1"))
@@ -110,7 +110,6 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
         supervisor.start("sandbox", gunicorn_sandbox("127.0.0.1", args.sandbox_port))
         supervisor.wait_http("sandbox", f"http://127.0.0.1:{args.sandbox_port}/health")
     supervisor.start("worker", celery_worker(args.workers, settings.queue))
-    supervisor.start("beat", celery_beat(str(data / "beat-schedule")))
     supervisor.start("api", gunicorn_api("127.0.0.1", args.port))
     if args.flower_port:
         supervisor.start("flower", flower(args.flower_port))
@@ -121,7 +120,7 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
         f"  sandbox    {os.environ.get('SANDBOX_URL') if run_sandbox else 'external providers'}\n"
         f"  database   {settings.database_url}\n"
         f"  broker     {settings.redis_url}\n"
-        f"  workers    {args.workers} Celery worker process(es) + beat (sweeper every {settings.sweep_interval_s:g}s)\n"
+        f"  workers    {args.workers} Celery worker process(es), sweeper every {settings.sweep_interval_s:g}s\n"
         f"  flower     {f'http://127.0.0.1:{args.flower_port}' if args.flower_port else 'off'}\n"
         "  Ctrl-C stops everything.",
         flush=True,

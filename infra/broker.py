@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import redis
 from celery import Celery
 
 from infra.config import Settings
@@ -32,6 +33,7 @@ def make_celery(settings: Settings) -> Celery:
     - connection loss: running steps finish (their late ack is lost, the message comes back and finds the step
       done: a no-op); the worker reconnects forever, and beat resumes sweeping.
     """
+    _guard_restore_at_close()
     app = Celery("bookmarket", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
         task_default_queue=settings.queue,
@@ -62,6 +64,39 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule={"sweep": {"task": "saga.sweep", "schedule": settings.sweep_interval_s}},
     )
     return app
+
+
+def _guard_restore_at_close() -> None:
+    """Work around two kombu races when Redis dies under a worker with late acks:
+
+    - closing a channel restores its unacked messages through a connection that is already gone;
+    - after the reconnect, the late ack of a message delivered on the dead channel goes through that channel.
+    Both raise AttributeError ('NoneType' object has no attribute 'hostname' / 'client'), which Celery does not
+    expect: the first left the consumer connected to nothing, the second stops the worker ("Unrecoverable
+    error"). Swallowing them is safe here: an unacked message comes back after the visibility timeout and finds
+    its step already claimed (a no-op), and the sweeper re-sends every step the database says is due.
+    """
+    from kombu.transport.redis import QoS as RedisQoS
+    from kombu.transport.virtual.base import QoS
+
+    _guard(QoS, "restore_unacked_once")
+    _guard(RedisQoS, "ack")
+
+
+def _guard(cls: type, name: str) -> None:
+    original = getattr(cls, name)
+    if getattr(original, "_bookmarket_guarded", False):
+        return
+
+    def guarded(self: object, *args: object, **kwargs: object) -> object:
+        try:
+            return original(self, *args, **kwargs)
+        except (AttributeError, OSError, redis.RedisError) as exc:
+            log.warning("%s.%s on a channel whose connection is gone: %r", cls.__name__, name, exc)
+            return None
+
+    guarded._bookmarket_guarded = True  # type: ignore[attr-defined]
+    setattr(cls, name, guarded)
 
 
 class Publisher:

@@ -32,6 +32,7 @@ class Settings:
     admission_max_waiting_payments: int
     admission_retry_after_s: float
     inline_steps: int
+    sweep_in_worker: bool
     chaos_duplicate_dispatch: bool
     chaos_poison_steps: dict[str, str]
 
@@ -64,6 +65,7 @@ class Settings:
             admission_max_waiting_payments=int(_env("ADMISSION_MAX_WAITING_PAYMENTS", "500")),
             admission_retry_after_s=float(_env("ADMISSION_RETRY_AFTER_S", "2")),
             inline_steps=int(_env("INLINE_STEPS", "4")),
+            sweep_in_worker=_env("SWEEP_IN_WORKER", "1") in ("1", "true", "yes"),
             chaos_duplicate_dispatch=_env("CHAOS_DUPLICATE_DISPATCH", "0") in ("1", "true", "yes"),
             chaos_poison_steps=_poison(_env("CHAOS_POISON_STEPS", "")),
         )

@@ -318,6 +318,7 @@ def due_dispatches(conn: Connection, now: datetime, stale_before: datetime, limi
         .where(saga_steps.c.status.in_(OPEN_FOR_CLAIM), saga_steps.c.available_at <= now)
         .where(sa.or_(saga_steps.c.dispatched_at.is_(None), saga_steps.c.dispatched_at < stale_before))
         .order_by(saga_steps.c.available_at).limit(limit)
+        .with_for_update(skip_locked=True)  # concurrent sweepers take different rows (PostgreSQL)
     ).all()
     return [(r.saga_id, r.name) for r in rows]
 

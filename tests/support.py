@@ -94,14 +94,11 @@ def start_sandbox(port: int, log_dir: Path | None = None) -> ProcessHandle:
     return ProcessHandle(proc, url, log)
 
 
-def start_worker(env: dict[str, str], log: Path, concurrency: int = 2, beat_schedule: Path | None = None,
-                 name: str = "w1") -> ProcessHandle:
-    """A real Celery worker process (prefork) on the given environment, optionally with the sweeper beat."""
+def start_worker(env: dict[str, str], log: Path, concurrency: int = 2, name: str = "w1") -> ProcessHandle:
+    """A real Celery worker process (prefork) on the given environment; it runs the recovery sweeper loop."""
     argv = [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "--loglevel", "INFO",
             "--concurrency", str(concurrency), "--queues", env["SAGA_QUEUE"], "--without-mingle",
             "--without-gossip", "--hostname", f"{name}@%h"]
-    if beat_schedule is not None:
-        argv += ["--beat", "--schedule", str(beat_schedule)]
     proc = spawn(argv, env, log)
     handle = ProcessHandle(proc, log=log)
     wait_until(lambda: proc.poll() is not None or "ready." in log.read_text(errors="replace"), 60, 0.1,

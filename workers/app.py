@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from infra.broker import make_celery, task_name
 from infra.config import Settings
@@ -17,6 +17,7 @@ from services.effects import ACTIONS, Action
 from services.runtime import Runtime, build_runtime
 from services.steps import run_step
 from services.sweeper import sweep
+from workers.sweeper_loop import SweeperLoop
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ def create_celery(settings: Settings | None = None) -> Celery:
     worker_process_init.connect(holder.reset, weak=False)
     for step in provider_steps():
         _register_step(app, holder, step)
+
+    if settings.sweep_in_worker:
+        loop = SweeperLoop(settings)
+        worker_ready.connect(loop.start, weak=False)
+        worker_shutdown.connect(loop.stop, weak=False)
 
     @app.task(name="saga.sweep", ignore_result=True, acks_late=False)
     def sweep_task() -> dict[str, int]:

@@ -223,13 +223,12 @@ class ChaosStack:
     incarnations: Counter[str] = field(default_factory=Counter)
 
     def start_worker(self, name: str, beat: bool = False, concurrency: int = 4) -> ProcessHandle:
-        """A celery worker process (prefork); `beat` embeds the sweeper's beat (exactly one worker has it)."""
+        """A celery worker process (prefork); every worker runs the sweeper loop (`beat` is only a label now)."""
         self.incarnations[name] += 1
         run = self.incarnations[name]
         log = self.tmp / f"worker-{name}-{run}.log"
         self.logs.append(log)
-        schedule = self.tmp / f"beat-{name}-{run}" if beat else None
-        handle = start_worker(self.env, log, concurrency=concurrency, beat_schedule=schedule, name=f"{name}r{run}")
+        handle = start_worker(self.env, log, concurrency=concurrency, name=f"{name}r{run}")
         handle.extra.update(beat=beat, hostname=f"{name}r{run}@{socket.gethostname()}")
         if beat:
             self.beat_worker = name

@@ -43,7 +43,7 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
         workers = wait_until(lambda: _json(f"http://127.0.0.1:{flower_port}/api/workers?refresh=1"), 30, 0.5, "Flower")
         assert any("saga.pay" in str(info.get("registered", "")) for info in workers.values()), workers
         family = psutil.Process(up.pid).children(recursive=True)
-        assert len(family) >= 4  # sandbox, worker (+ its pool), beat, api (+ its workers)
+        assert len(family) >= 4  # sandbox, worker (+ its pool), flower, api (+ its workers)
     except BaseException:
         _stop_everything(up)
         print((tmp_path / "up.log").read_text(errors="replace")[-5000:])

@@ -91,7 +91,7 @@ def build_stack(tmp: Path, backend: str, admin_url: str, **overrides: str) -> It
     upgrade(database_url)
     sandbox = start_sandbox(free_port(), tmp)
     env = {**stack_env(database_url, sandbox.url, f"saga-test-{uuid.uuid4().hex[:8]}"), **overrides}
-    worker = start_worker(env, tmp / "worker.log", beat_schedule=tmp / "beat-schedule")
+    worker = start_worker(env, tmp / "worker.log")
     settings = Settings.from_env(env)
     app = create_app(settings)
     try:

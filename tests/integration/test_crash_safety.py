@@ -57,7 +57,7 @@ def test_sigterm_lets_the_worker_finish_or_hand_back_its_steps_and_nothing_is_lo
         started = time.monotonic()
         code = live.worker.stop(signal.SIGTERM, timeout=30)
         assert code == 0 and time.monotonic() - started < 30
-        live.worker = start_worker(live.env, tmp_path / "worker2.log", beat_schedule=tmp_path / "beat2")
+        live.worker = start_worker(live.env, tmp_path / "worker2.log")
 
         for order in orders:
             saga = live.wait_saga(order["saga_id"], timeout=60)
