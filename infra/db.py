@@ -88,11 +88,6 @@ class Database:
         self.engine.dispose()
 
 
-def reset_after_fork(db: Database) -> None:
-    """Drop connections inherited from a parent process (Celery prefork children, gunicorn workers)."""
-    db.engine.dispose(close=False)
-
-
 def sqlite_url_for(data_dir: str | os.PathLike[str]) -> str:
     """The SQLite URL of the embedded default inside data_dir."""
     return f"sqlite:///{Path(data_dir).resolve() / 'bookmarket.db'}"
