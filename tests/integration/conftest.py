@@ -101,7 +101,12 @@ def build_stack(tmp: Path, backend: str, admin_url: str, **overrides: str) -> It
         sandbox.stop()
         app.extensions["bookmarket"].close()
         with contextlib.suppress(redis.RedisError):
-            redis.Redis.from_url(env["REDIS_URL"], socket_connect_timeout=1).delete(env["SAGA_QUEUE"])
+            client = redis.Redis.from_url(env["REDIS_URL"], socket_connect_timeout=1)
+            queue = env["SAGA_QUEUE"]
+            for pattern in (queue, f"bookmarket:{queue}:*", f"_kombu.binding*.{queue}*"):
+                keys = list(client.scan_iter(pattern))
+                if keys:
+                    client.delete(*keys)
         if drop:
             drop()
 
