@@ -349,6 +349,83 @@ class RssSampler:
                     "processes": self.max_processes[g]} for g in self.groups}
 
 
+class CpuMeter:
+    """CPU time (user + system) spent by each process group between __enter__ and __exit__, and by the machine.
+
+    Groups are process trees (as RssSampler) plus processes found by name (`named`: postgres, redis-server), the
+    benchmark process itself ("client": its client threads) and "other" (the machine's busy time not in any
+    group). Divided by the sagas completed, this says where each saga's CPU goes: on a machine whose cores are
+    all busy, throughput is (cores x 1000) / (CPU ms per saga)."""
+
+    def __init__(self, groups: dict[str, list[int]], named: dict[str, str] | None = None) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.groups = groups
+        self.named = named if named is not None else {"postgres": "postgres", "redis": "redis-server"}
+        self._start: dict[str, dict[int, float]] = {}
+        self._end: dict[str, dict[int, float]] = {}
+        self._machine: list[Any] = []
+        self.wall_s = 0.0
+        self._t0 = 0.0
+
+    def _procs(self) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for group, pids in self.groups.items():
+            procs = []
+            for pid in pids:
+                try:
+                    root = self._psutil.Process(pid)
+                    procs += [root, *root.children(recursive=True)]
+                except self._psutil.Error:
+                    continue
+            out[group] = procs
+        for group, name in self.named.items():
+            out[group] = [p for p in self._psutil.process_iter(["name"]) if (p.info["name"] or "").startswith(name)]
+        out["client"] = [self._psutil.Process()]
+        return out
+
+    def _read(self) -> dict[str, dict[int, float]]:
+        reading: dict[str, dict[int, float]] = {}
+        for group, procs in self._procs().items():
+            times: dict[int, float] = {}
+            for proc in procs:
+                try:
+                    t = proc.cpu_times()
+                    times[proc.pid] = t.user + t.system
+                except self._psutil.Error:
+                    continue
+            reading[group] = times
+        return reading
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._read()
+        self._machine = [self._psutil.cpu_times()]
+        self._t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._end = self._read()
+        self._machine.append(self._psutil.cpu_times())
+        self.wall_s = time.monotonic() - self._t0
+
+    def report(self, units: int) -> dict[str, Any]:
+        """CPU seconds per group, CPU ms per unit (a completed saga) and the machine's average busy cores."""
+        seconds: dict[str, float] = {}
+        for group, end in self._end.items():
+            start = self._start.get(group, {})
+            seconds[group] = sum(t - start.get(pid, 0.0) for pid, t in end.items())
+        before, after = self._machine
+        busy = ((after.user + after.system + getattr(after, "softirq", 0) + getattr(after, "irq", 0))
+                - (before.user + before.system + getattr(before, "softirq", 0) + getattr(before, "irq", 0)))
+        seconds["other"] = max(busy - sum(seconds.values()), 0.0)
+        per_unit = {g: round(s * 1000 / units, 2) if units else math.nan for g, s in seconds.items()}
+        return {"cpu_s": {g: round(s, 2) for g, s in seconds.items()}, "cpu_ms_per_saga": per_unit,
+                "cpu_ms_per_saga_total": round(sum(per_unit.values()), 2) if units else math.nan,
+                "busy_cores": round(busy / self.wall_s, 2) if self.wall_s else math.nan,
+                "cores": self._psutil.cpu_count(), "wall_s": round(self.wall_s, 2)}
+
+
 class Ticker:
     """Calls `line()` every `interval` seconds in a thread and logs what it returns (progress lines)."""
 

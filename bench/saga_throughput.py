@@ -237,7 +237,8 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
                     f"sagas {sum(now.values())} created, {done} terminal ({now.get('COMPLETED', 0)} completed)")
 
         rss_groups = {"api": [api.pid], "workers": [p.pid for p in procs]}
-        with c.RssSampler(rss_groups) as rss, c.Ticker(progress):
+        with c.RssSampler(rss_groups) as rss, c.CpuMeter({**rss_groups, "sandbox": [sandbox.proc.pid]}) as cpu, \
+                c.Ticker(progress):
             c.log(f"ours w={workers}: posting {args.orders} orders from {args.clients} clients")
             errors = c.run_clients(args.clients, args.orders, post, requests.Session, stop)
             if errors:
@@ -267,7 +268,8 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         from infra.config import Settings
 
         phase.finish(latencies, first, last, not_completed, unfinished, rss.report(),
-                     {"saga_statuses": _tally(r.status for r in rows), "sagas_created": len(rows),
+                     {"cpu": cpu.report(len(completed)), "saga_statuses": _tally(r.status for r in rows),
+                      "sagas_created": len(rows),
                       "post_503_retries": rejected[0], "settings": _settings(Settings.from_env(env))})
     return phase.result
 
@@ -330,7 +332,9 @@ def run_bare(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
             return (f"bare w={workers}: published {phase.posted}/{args.orders} (errors {phase.submit_errors}), "
                     f"finished {r.hlen(finish_key)}, failed {r.hlen(fail_key)}")
 
-        with c.RssSampler({"workers": [p.pid for p in procs]}) as rss, c.Ticker(progress):
+        with c.RssSampler({"workers": [p.pid for p in procs]}) as rss, \
+                c.CpuMeter({"workers": [p.pid for p in procs], "sandbox": [sandbox.proc.pid]}) as cpu, \
+                c.Ticker(progress):
             c.log(f"bare w={workers}: publishing {args.orders} chains from {args.clients} clients")
             errors = c.run_clients(args.clients, args.orders, publish, lambda: None, stop)
             if errors:
@@ -349,7 +353,8 @@ def run_bare(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         first = min((t for t in phase.starts if t is not None), default=None)
         last = max(finishes.values(), default=None)
         unfinished = args.orders - phase.submit_errors - len(finishes) - failed
-        phase.finish(latencies, first, last, failed, max(unfinished, 0), rss.report(), {})
+        phase.finish(latencies, first, last, failed, max(unfinished, 0), rss.report(),
+                     {"cpu": cpu.report(len(latencies))})
     return phase.result
 
 
@@ -426,7 +431,9 @@ def run_dbos(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
                     f"({now.get('SUCCESS', 0)} succeeded)")
 
         stop = threading.Event()
-        with c.RssSampler({"workers": [p.pid for p in procs]}) as rss, c.Ticker(progress):
+        with c.RssSampler({"workers": [p.pid for p in procs]}) as rss, \
+                c.CpuMeter({"workers": [p.pid for p in procs], "sandbox": [sandbox.proc.pid]}) as cpu, \
+                c.Ticker(progress):
             c.log(f"dbos w={workers}: submitting {args.orders} workflows from {args.clients} clients")
             if mode == "queue":
                 errors = c.run_clients(args.clients, args.orders, enqueue, lambda: None, stop)
@@ -457,8 +464,8 @@ def run_dbos(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         unfinished = sum(1 for r in rows if r.status not in DBOS_TERMINAL) + max(
             args.orders - phase.submit_errors - len(rows), 0)
         phase.finish(latencies, first_start, last, not_completed, unfinished, rss.report(),
-                     {"dbos_mode": mode, "dbos_version": _version("dbos"), "workflow_statuses":
-                      _tally(r.status for r in rows),
+                     {"cpu": cpu.report(len(ok_rows)), "dbos_mode": mode, "dbos_version": _version("dbos"),
+                      "workflow_statuses": _tally(r.status for r in rows),
                       **({"dbos_worker_concurrency": args.dbos_concurrency, "dbos_poll_s": args.dbos_poll}
                          if mode == "queue" else {"start_threads_per_process": math.ceil(args.clients / workers)})})
     return phase.result
@@ -526,6 +533,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[st
     for r in results:
         if not r.get("measured"):
             print(f"  {r['system']} w={r['workers']}: not measured: {r['reason']}")
+    _cpu_table(results)
     rat = ratios(results)
     if rat:
         c.print_table("ratios (ours / baseline; throughput < 1 and latency > 1 mean ours is slower)",
@@ -545,6 +553,25 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[st
     png_path = _chart(args, results, command)
     print(f"results: {json_path.relative_to(c.ROOT)}  chart: {png_path.relative_to(c.ROOT)}")
     print(f"command: {command}", flush=True)
+
+
+CPU_GROUPS = ("client", "api", "workers", "sandbox", "postgres", "redis", "other")
+
+
+def _cpu_table(results: list[dict[str, Any]]) -> None:
+    """Where each completed saga's CPU went, by process group, and how busy the machine's cores were."""
+    rows = []
+    for r in results:
+        cpu = r.get("cpu") if r.get("measured") else None
+        if not cpu:
+            continue
+        per = cpu["cpu_ms_per_saga"]
+        rows.append([r["system"], r["label"], *[per.get(g) for g in CPU_GROUPS], cpu["cpu_ms_per_saga_total"],
+                     f"{cpu['busy_cores']}/{cpu['cores']}"])
+    if rows:
+        c.print_table("CPU ms per completed saga, by process group (client = this script's client threads; "
+                      "other = the rest of the machine)", ["system", "W x conc", *CPU_GROUPS, "total",
+                                                            "busy cores"], rows, digits=2)
 
 
 def _chart(args: argparse.Namespace, results: list[dict[str, Any]], command: str) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,9 @@ def engine_options(url: str) -> dict[str, Any]:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "connect_args": {"connect_timeout": 5}}
+    # pool_size covers the API's 16 threads per process, so a busy process does not open and close overflow
+    # connections; liveness is checked only for a connection idle for a while (see _ping_after_idle).
+    return {"pool_size": 16, "max_overflow": 16, "connect_args": {"connect_timeout": 5}}
 
 
 def make_engine(url: str) -> Engine:
@@ -38,9 +41,19 @@ def make_engine(url: str) -> Engine:
     return prepare_engine(sa.create_engine(url, **engine_options(url)))
 
 
+PING_AFTER_IDLE_S = 5.0
+
+
 def prepare_engine(engine: Engine) -> Engine:
-    """SQLite gets WAL, a busy timeout and write transactions that take the lock up front (no upgrade deadlocks)."""
+    """SQLite gets WAL, a busy timeout and write transactions that take the lock up front (no upgrade deadlocks).
+
+    PostgreSQL connections are pinged when checked out after PING_AFTER_IDLE_S or more in the pool: a database
+    restart is noticed before a transaction fails, and a busy process pays no round trip per transaction for it
+    (pool_pre_ping pings on every checkout). A connection that dies while in use is handled as SQLAlchemy does:
+    the error invalidates the pool, and the caller's transaction fails and is retried by whoever owns it.
+    """
     if engine.dialect.name != "sqlite":
+        _ping_after_idle(engine)
         return engine
 
     @event.listens_for(engine, "connect")
@@ -55,6 +68,24 @@ def prepare_engine(engine: Engine) -> Engine:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("checked_in_at")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return
+        try:
+            with dbapi_conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            dbapi_conn.rollback()
+        except Exception as exc:  # noqa: BLE001 - any failure: let the pool replace this connection
+            raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
 class Database:

@@ -1,6 +1,11 @@
-"""Reading and writing orders, sagas and their steps. Every function takes an open connection (a transaction)."""
+"""Reading and writing orders, sagas and their steps. Every function takes an open connection (a transaction).
+
+The statements a saga's steps run on every order are built once, at import, with bound parameters: SQLAlchemy
+then finds their compiled form by identity instead of building and hashing a new statement tree on each call.
+"""
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,8 +45,11 @@ def list_books(conn: Connection) -> list[Book]:
     return [Book(r.id, r.title, r.price_cents) for r in conn.execute(sa.select(books).order_by(books.c.id))]
 
 
+_GET_BOOK = sa.select(books).where(books.c.id == sa.bindparam("b_id"))
+
+
 def get_book(conn: Connection, book_id: int) -> Book | None:
-    row = conn.execute(sa.select(books).where(books.c.id == book_id)).first()
+    row = conn.execute(_GET_BOOK, {"b_id": book_id}).first()
     return Book(row.id, row.title, row.price_cents) if row else None
 
 
@@ -53,21 +61,28 @@ def _order_from_row(row: Any) -> Order:
     )
 
 
-def add_order(conn: Connection, order: Order, title: str, idempotency_key: str | None) -> int:
-    """Insert the order and its read-model row (linked to its saga by create_saga); returns the new id."""
+def add_order(conn: Connection, order: Order, idempotency_key: str | None) -> int:
+    """Insert the order; returns the new id (add_customer_order writes its read-model row once its saga exists)."""
     values = {
         "customer_id": order.customer_id, "book_id": order.book_id, "qty": order.qty,
         "amount_cents": order.amount_cents, "status": order.status.value, "idempotency_key": idempotency_key,
         "created_at": order.created_at, "updated_at": order.updated_at,
     }
-    order_id: int = conn.execute(orders.insert().values(values).returning(orders.c.id)).scalar_one()
+    order_id: int = conn.execute(_INSERT_ORDER, values).scalar_one()
     order.id = order_id
-    conn.execute(customer_orders.insert().values(
-        order_id=order_id, customer_id=order.customer_id, book_id=order.book_id, title=title, qty=order.qty,
-        amount_cents=order.amount_cents, status=order.status.value, created_at=order.created_at,
-        updated_at=order.updated_at,
-    ))
     return order_id
+
+
+_INSERT_ORDER = orders.insert().returning(orders.c.id)
+
+
+def add_customer_order(conn: Connection, order: Order, title: str, saga_id: int) -> None:
+    """The order's row in the customer's read model ("my orders"), linked to its saga."""
+    conn.execute(customer_orders.insert(), {
+        "order_id": order.id, "customer_id": order.customer_id, "book_id": order.book_id, "title": title,
+        "qty": order.qty, "amount_cents": order.amount_cents, "status": order.status.value, "saga_id": saga_id,
+        "created_at": order.created_at, "updated_at": order.updated_at,
+    })
 
 
 def get_order(conn: Connection, order_id: int, lock: bool = False) -> Order | None:
@@ -86,19 +101,38 @@ class OrderContext:
     shipment_ref: str | None
 
 
-def order_context(conn: Connection, order_id: int) -> OrderContext | None:
-    """The order, its book's title and its charge and shipment references, in one round trip."""
-    query = (
+def _context_query() -> Any:
+    return (
         sa.select(orders, books.c.title, payments.c.charge_ref, deliveries.c.shipment_ref)
         .join(books, books.c.id == orders.c.book_id)
         .outerjoin(payments, payments.c.order_id == orders.c.id)
         .outerjoin(deliveries, deliveries.c.order_id == orders.c.id)
-        .where(orders.c.id == order_id)
     )
-    row = conn.execute(query).first()
-    if row is None:
-        return None
+
+
+def _context_from_row(row: Any) -> OrderContext:
     return OrderContext(_order_from_row(row), row.title, row.charge_ref, row.shipment_ref)
+
+
+def order_context(conn: Connection, order_id: int) -> OrderContext | None:
+    """The order, its book's title and its charge and shipment references, in one round trip."""
+    row = conn.execute(_context_query().where(orders.c.id == order_id)).first()
+    return _context_from_row(row) if row else None
+
+
+_LOCKED_SAGA_CONTEXT = (
+    _context_query().add_columns(sagas.c.kind.label("saga_kind"), sagas.c.status.label("saga_status"))
+    .join(sagas, sagas.c.order_id == orders.c.id)
+    .where(sagas.c.id == sa.bindparam("b_saga"))
+    .with_for_update(of=sagas)
+)
+
+
+def locked_saga_context(conn: Connection, saga_id: int) -> tuple[str, str, OrderContext] | None:
+    """The saga's kind and status with its order's context, in one round trip; holds the saga row until the
+    transaction ends (PostgreSQL), which serializes claim, record and cancel."""
+    row = conn.execute(_LOCKED_SAGA_CONTEXT, {"b_saga": saga_id}).first()
+    return (row.saga_kind, row.saga_status, _context_from_row(row)) if row else None
 
 
 def find_order_by_key(conn: Connection, key: str) -> Order | None:
@@ -109,10 +143,15 @@ def find_order_by_key(conn: Connection, key: str) -> Order | None:
 def save_order_status(conn: Connection, order: Order) -> None:
     """Write the order's status and reason, and the customer's read model with it."""
     assert order.id is not None
-    conn.execute(orders.update().where(orders.c.id == order.id).values(
-        status=order.status.value, reason=order.reason, updated_at=order.updated_at))
-    conn.execute(customer_orders.update().where(customer_orders.c.order_id == order.id).values(
-        status=order.status.value, updated_at=order.updated_at))
+    params = {"b_id": order.id, "status": order.status.value, "reason": order.reason, "updated_at": order.updated_at}
+    conn.execute(_SAVE_ORDER_STATUS, params)
+    conn.execute(_SAVE_CUSTOMER_ORDER_STATUS, params)
+
+
+_SAVE_ORDER_STATUS = orders.update().where(orders.c.id == sa.bindparam("b_id")).values(
+    status=sa.bindparam("status"), reason=sa.bindparam("reason"), updated_at=sa.bindparam("updated_at"))
+_SAVE_CUSTOMER_ORDER_STATUS = customer_orders.update().where(customer_orders.c.order_id == sa.bindparam("b_id")).values(
+    status=sa.bindparam("status"), updated_at=sa.bindparam("updated_at"))
 
 
 def customer_order_page(conn: Connection, customer_id: int, offset: int, limit: int) -> tuple[list[Any], int]:
@@ -129,9 +168,15 @@ def customer_order_page(conn: Connection, customer_id: int, offset: int, limit: 
 def upsert(conn: Connection, table: sa.Table, key: dict[str, Any], values: dict[str, Any],
            insert_only: dict[str, Any] | None = None) -> None:
     """Insert the row at `key`, or update it when it exists, in one statement (INSERT ... ON CONFLICT)."""
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(table).values({**key, **values, **(insert_only or {})})
-    conn.execute(statement.on_conflict_do_update(index_elements=list(key), set_=values))
+    statement = _upsert_statement(conn.dialect.name, table, tuple(key), tuple(values), tuple(insert_only or ()))
+    conn.execute(statement, {**key, **values, **(insert_only or {})})
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_statement(dialect: str, table: sa.Table, key: tuple[str, ...], values: tuple[str, ...],
+                      insert_only: tuple[str, ...]) -> Any:
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return insert.on_conflict_do_update(index_elements=list(key), set_={c: insert.excluded[c] for c in values})
 
 
 def save_payment(conn: Connection, order_id: int, **values: Any) -> None:
@@ -194,19 +239,37 @@ class SagaRecord:
 
 
 def create_saga(conn: Connection, definition: SagaDefinition, order_id: int, now: datetime,
-                read_model: bool = True) -> int:
-    """Insert a RUNNING saga with a PENDING row for each forward step (read_model: link it on "my page")."""
-    saga_id: int = conn.execute(sagas.insert().values(
-        kind=definition.kind, version=definition.version, order_id=order_id, status=SagaStatus.RUNNING.value,
-        cancel_requested=False, recoveries=0, created_at=now, updated_at=now,
-    ).returning(sagas.c.id)).scalar_one()
-    conn.execute(saga_steps.insert(), [
-        _step_row(saga_id, position, step.name, step.retry.max_attempts, now)
-        for position, step in enumerate(definition.steps)
-    ])
-    if read_model:
-        conn.execute(customer_orders.update().where(customer_orders.c.order_id == order_id).values(saga_id=saga_id))
-    return saga_id
+                reason: str | None = None) -> SagaRecord:
+    """Insert a RUNNING saga with a PENDING row for each forward step; returns it as load_saga would."""
+    saga_id: int = conn.execute(_INSERT_SAGA, {
+        "kind": definition.kind, "version": definition.version, "order_id": order_id,
+        "status": SagaStatus.RUNNING.value, "cancel_requested": False, "recoveries": 0, "reason": reason,
+        "created_at": now, "updated_at": now,
+    }).scalar_one()
+    steps = [_step_row(saga_id, position, step.name, step.retry.max_attempts, now)
+             for position, step in enumerate(definition.steps)]
+    conn.execute(saga_steps.insert(), steps)
+    return SagaRecord(id=saga_id, kind=definition.kind, order_id=order_id, status=SagaStatus.RUNNING,
+                      cancel_requested=False, reason=reason,
+                      steps={row["name"]: _NewStep(**row, outcome_unknown=False) for row in steps})
+
+
+_INSERT_SAGA = sagas.insert().returning(sagas.c.id)
+
+
+@dataclass(frozen=True)
+class _NewStep:
+    """A step row just inserted, with the attributes the executor reads from a loaded one."""
+
+    saga_id: int
+    name: str
+    position: int
+    status: str
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    waited_s: float
+    outcome_unknown: bool
 
 
 def _step_row(saga_id: int, position: int, name: str, max_attempts: int, now: datetime) -> dict[str, Any]:
@@ -216,18 +279,30 @@ def _step_row(saga_id: int, position: int, name: str, max_attempts: int, now: da
     }
 
 
+_SAGA_COLUMNS = (sagas.c.kind.label("saga_kind"), sagas.c.order_id.label("saga_order_id"),
+                 sagas.c.status.label("saga_status"), sagas.c.cancel_requested.label("saga_cancel_requested"),
+                 sagas.c.reason.label("saga_reason"))
+
+
+_LOAD_SAGA = (
+    sa.select(*_SAGA_COLUMNS, saga_steps)
+    .select_from(sagas.outerjoin(saga_steps, saga_steps.c.saga_id == sagas.c.id))
+    .where(sagas.c.id == sa.bindparam("b_saga"))
+    .order_by(saga_steps.c.position)
+)
+_LOAD_SAGA_LOCKED = _LOAD_SAGA.with_for_update(of=sagas)
+
+
 def load_saga(conn: Connection, saga_id: int, lock: bool = False) -> SagaRecord | None:
-    """The saga and its steps; lock=True holds the saga row until the transaction ends (PostgreSQL)."""
-    query = sa.select(sagas).where(sagas.c.id == saga_id)
-    row = conn.execute(query.with_for_update() if lock else query).first()
-    if row is None:
+    """The saga and its steps in one round trip; lock=True holds the saga row until the transaction ends."""
+    rows = conn.execute(_LOAD_SAGA_LOCKED if lock else _LOAD_SAGA, {"b_saga": saga_id}).all()
+    if not rows:
         return None
-    steps = conn.execute(
-        sa.select(saga_steps).where(saga_steps.c.saga_id == saga_id).order_by(saga_steps.c.position)
-    ).all()
+    first = rows[0]
     return SagaRecord(
-        id=row.id, kind=row.kind, order_id=row.order_id, status=SagaStatus(row.status),
-        cancel_requested=row.cancel_requested, reason=row.reason, steps={s.name: s for s in steps},
+        id=saga_id, kind=first.saga_kind, order_id=first.saga_order_id, status=SagaStatus(first.saga_status),
+        cancel_requested=first.saga_cancel_requested, reason=first.saga_reason,
+        steps={s.name: s for s in rows if s.name is not None},
     )
 
 
@@ -251,52 +326,92 @@ def _step_where(saga_id: int, name: str) -> Any:
     return sa.and_(saga_steps.c.saga_id == saga_id, saga_steps.c.name == name)
 
 
+_THIS_STEP = sa.and_(saga_steps.c.saga_id == sa.bindparam("b_saga"), saga_steps.c.name == sa.bindparam("b_name"))
+
+_CLAIM_STEP = (
+    saga_steps.update()
+    .where(_THIS_STEP, saga_steps.c.status.in_(OPEN_FOR_CLAIM), saga_steps.c.attempts < saga_steps.c.max_attempts)
+    .values(status=StepStatus.RUNNING.value, attempts=saga_steps.c.attempts + 1, started_at=sa.bindparam("b_now"),
+            lease_until=sa.bindparam("b_lease"), task_id=sa.bindparam("b_task"), dispatched_at=None)
+    .returning(saga_steps.c.attempts)
+)
+
+
 def claim_step(conn: Connection, saga_id: int, name: str, lease_s: float, task_id: str | None) -> int | None:
     """Compare-and-set PENDING|WAITING -> RUNNING; returns the attempt number, or None if someone else has it."""
     now = utcnow()
-    result = conn.execute(
-        saga_steps.update()
-        .where(_step_where(saga_id, name), saga_steps.c.status.in_(OPEN_FOR_CLAIM))
-        .where(saga_steps.c.attempts < saga_steps.c.max_attempts)
-        .values(status=StepStatus.RUNNING.value, attempts=saga_steps.c.attempts + 1, started_at=now,
-                lease_until=now + timedelta(seconds=lease_s), task_id=task_id, dispatched_at=None)
-        .returning(saga_steps.c.attempts)
-    ).first()
+    result = conn.execute(_CLAIM_STEP, {"b_saga": saga_id, "b_name": name, "b_now": now,
+                                        "b_lease": now + timedelta(seconds=lease_s), "b_task": task_id}).first()
     return int(result[0]) if result else None
 
 
-def close_step(conn: Connection, saga_id: int, name: str, attempt: int, values: dict[str, Any]) -> bool:
-    """Write the outcome of attempt `attempt` if the step is still RUNNING it (a lease may have been taken back)."""
-    result = conn.execute(
-        saga_steps.update()
-        .where(_step_where(saga_id, name), saga_steps.c.status == StepStatus.RUNNING.value,
-               saga_steps.c.attempts == attempt)
-        .values(lease_until=None, **values)
-    )
+_CLOSE_STEP = (
+    saga_steps.update()
+    .where(_THIS_STEP, saga_steps.c.status == StepStatus.RUNNING.value,
+           saga_steps.c.attempts == sa.bindparam("b_attempt"))
+    .values(status=sa.bindparam("b_status"), finished_at=sa.bindparam("b_finished"), error=sa.bindparam("b_error"),
+            lease_until=None,
+            provider_ref=sa.func.coalesce(sa.bindparam("b_ref", type_=sa.String), saga_steps.c.provider_ref),
+            outcome_unknown=sa.func.coalesce(sa.bindparam("b_unknown", type_=sa.Boolean),
+                                             saga_steps.c.outcome_unknown))
+)
+
+
+def close_step(conn: Connection, saga_id: int, name: str, attempt: int, status: str, finished_at: datetime,
+               error: str | None, provider_ref: str | None = None, outcome_unknown: bool | None = None) -> bool:
+    """Write the outcome of attempt `attempt` if the step is still RUNNING it (a lease may have been taken back).
+
+    provider_ref and outcome_unknown are left as they are when None."""
+    result = conn.execute(_CLOSE_STEP, {
+        "b_saga": saga_id, "b_name": name, "b_attempt": attempt, "b_status": status, "b_finished": finished_at,
+        "b_error": error, "b_ref": provider_ref, "b_unknown": outcome_unknown,
+    })
     return result.rowcount == 1
+
+
+_FINISH_LOCAL_STEP = saga_steps.update().where(_THIS_STEP).values(
+    status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"), started_at=sa.bindparam("b_now"),
+    finished_at=sa.bindparam("b_now"), error=sa.bindparam("b_error"))
+
+
+def finish_local_step(conn: Connection, saga_id: int, name: str, status: str, attempts: int, now: datetime,
+                      error: str | None) -> None:
+    """Record a local step (one that calls no provider), which starts and ends within one transaction."""
+    conn.execute(_FINISH_LOCAL_STEP, {"b_saga": saga_id, "b_name": name, "b_status": status,
+                                      "b_attempts": attempts, "b_now": now, "b_error": error})
 
 
 def update_step(conn: Connection, saga_id: int, name: str, **values: Any) -> None:
     conn.execute(saga_steps.update().where(_step_where(saga_id, name)).values(**values))
 
 
+_OPEN_STEP = saga_steps.update().where(_THIS_STEP).values(
+    status=StepStatus.PENDING.value, available_at=sa.bindparam("b_available"),
+    dispatched_at=sa.bindparam("b_dispatched"), finished_at=None)
+
+
 def open_step(conn: Connection, saga_id: int, name: str, position: int, max_attempts: int,
               available_at: datetime, dispatch_now: bool) -> None:
     """Make step `name` PENDING and due at available_at (inserting its row for a first compensation)."""
-    values: dict[str, Any] = {"status": StepStatus.PENDING.value, "available_at": available_at,
-                              "dispatched_at": utcnow() if dispatch_now else None, "finished_at": None}
-    if conn.execute(saga_steps.update().where(_step_where(saga_id, name)).values(values)).rowcount == 0:
-        conn.execute(saga_steps.insert().values({**_step_row(saga_id, position, name, max_attempts, utcnow()),
-                                                 **values}))
+    dispatched_at = utcnow() if dispatch_now else None
+    params = {"b_saga": saga_id, "b_name": name, "b_available": available_at, "b_dispatched": dispatched_at}
+    if conn.execute(_OPEN_STEP, params).rowcount == 0:
+        conn.execute(saga_steps.insert(), {**_step_row(saga_id, position, name, max_attempts, utcnow()),
+                                           "status": StepStatus.PENDING.value, "available_at": available_at,
+                                           "dispatched_at": dispatched_at, "finished_at": None})
+
+
+_SKIP_OPEN_STEPS = (
+    saga_steps.update()
+    .where(saga_steps.c.saga_id == sa.bindparam("b_saga"), saga_steps.c.status.in_(OPEN_FOR_CLAIM))
+    .values(status=StepStatus.SKIPPED.value, finished_at=sa.bindparam("b_now"), available_at=None,
+            dispatched_at=None)
+)
 
 
 def skip_open_steps(conn: Connection, saga_id: int, now: datetime) -> None:
     """Steps that will never run now are SKIPPED, so a late message for them finds nothing to claim."""
-    conn.execute(
-        saga_steps.update()
-        .where(saga_steps.c.saga_id == saga_id, saga_steps.c.status.in_(OPEN_FOR_CLAIM))
-        .values(status=StepStatus.SKIPPED.value, finished_at=now, available_at=None, dispatched_at=None)
-    )
+    conn.execute(_SKIP_OPEN_STEPS, {"b_saga": saga_id, "b_now": now})
 
 
 def update_saga(conn: Connection, saga_id: int, **values: Any) -> None:

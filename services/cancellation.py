@@ -63,8 +63,5 @@ def _cancel_order_saga(rt: Runtime, conn: Connection, order: Order, saga_id: int
 def _start_cancel_saga(rt: Runtime, conn: Connection, order: Order, reason: str) -> list[Dispatch]:
     assert order.id is not None
     now = utcnow()
-    saga_id = repo.create_saga(conn, rt.definitions[CANCEL_SAGA.kind], order.id, now, read_model=False)
-    repo.update_saga(conn, saga_id, reason=reason)
-    saga = repo.load_saga(conn, saga_id)
-    assert saga is not None
+    saga = repo.create_saga(conn, rt.definitions[CANCEL_SAGA.kind], order.id, now, reason=reason)
     return Executor(conn, saga, now, rt.definitions).handle(Started())

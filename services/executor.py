@@ -95,13 +95,12 @@ class Executor:
         try:
             self._set_order_status(LOCAL_STEPS[name], self.saga.reason)
         except DomainError as exc:
-            repo.update_step(self.conn, self.saga.id, name, status=StepStatus.FAILED.value, attempts=attempts,
-                             started_at=self.now, finished_at=self.now, error=str(exc))
+            repo.finish_local_step(self.conn, self.saga.id, name, StepStatus.FAILED.value, attempts, self.now,
+                                   str(exc))
             failed = decide(self.definition, self.state, StepFailed(name, str(exc), permanent=True))
             self.state = self.state.with_step(name, StepStatus.FAILED)
             return failed
-        repo.update_step(self.conn, self.saga.id, name, status=StepStatus.SUCCEEDED.value, attempts=attempts,
-                         started_at=self.now, finished_at=self.now, error=None)
+        repo.finish_local_step(self.conn, self.saga.id, name, StepStatus.SUCCEEDED.value, attempts, self.now, None)
         following = decide(self.definition, self.state, StepSucceeded(name))
         self.state = self.state.with_step(name, StepStatus.SUCCEEDED)
         return following

@@ -66,10 +66,10 @@ def _insert(rt: Runtime, cmd: PlaceOrder) -> tuple[PlacedOrder, list[tuple[int, 
         if book is None:
             raise UnknownBook(cmd.book_id)
         order = Order.place(cmd.customer_id, book, cmd.qty)
-        order_id = repo.add_order(conn, order, book.title, cmd.idempotency_key)
-        saga_id = repo.create_saga(conn, ORDER_SAGA, order_id, now)
-        saga = repo.load_saga(conn, saga_id)
-        assert saga is not None
+        order_id = repo.add_order(conn, order, cmd.idempotency_key)
+        saga = repo.create_saga(conn, rt.definitions[ORDER_SAGA.kind], order_id, now)
+        saga_id = saga.id
+        repo.add_customer_order(conn, order, book.title, saga_id)
         dispatches = Executor(conn, saga, now, rt.definitions).handle(Started())
     view = OrderView(order, saga_id, book.title, ({"id": saga_id, "kind": ORDER_SAGA.kind, "status": "RUNNING"},))
     return PlacedOrder(view, created=True), dispatches

@@ -13,7 +13,7 @@ from infra.breakers import ProviderBlocked
 from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, ProviderReply
 from saga.definition import SagaDefinition
 from saga.orchestrator import Event, SagaStatus, StepBlocked, StepFailed, StepStatus, StepSucceeded
-from services.effects import StepContext, load_context, record_failure, record_success
+from services.effects import StepContext, follow_context, record_failure, record_success, step_context
 from services.executor import Dispatch, Executor, jitter
 from services.runtime import Runtime
 
@@ -30,37 +30,44 @@ class Attempt:
 def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -> str:
     """Run `step` of saga `saga_id`; a duplicate or late delivery finds nothing to claim and does nothing.
 
-    When the step's outcome opens the saga's next step at once, this task claims and runs that step too (up to
-    INLINE_STEPS of them) instead of sending it through the broker: the step row is already committed as
-    dispatched, so if this process dies first, the sweeper sends it after REDISPATCH_AFTER_S.
+    When the step's outcome opens the saga's next step at once, the transaction that records the outcome also
+    claims that step, and this task runs it too (up to INLINE_STEPS of them) instead of sending it through the
+    broker: if this process dies first, the claimed step's lease runs out and the sweeper recovers it.
     """
-    outcome, budget = "not claimed", rt.settings.inline_steps
+    attempt = claim(rt, saga_id, step, task_id)
+    if attempt is None:
+        return "not claimed"
+    budget = rt.settings.inline_steps
     while True:
-        attempt = claim(rt, saga_id, step, task_id)
-        if attempt is None:
-            return outcome
         event, reply = perform(rt, attempt.context, attempt.provider)
-        dispatches = record(rt, attempt, event, reply)
-        outcome = type(event).__name__
-        follow = next((d for d in dispatches if d[0] == saga_id), None) if budget > 0 else None
-        publish(rt, [d for d in dispatches if d != follow])
+        dispatches, follow = record(rt, attempt, event, reply, inline=budget > 0, task_id=task_id)
+        publish(rt, dispatches)
         if follow is None:
-            return outcome
-        budget, step = budget - 1, follow[1]
+            return type(event).__name__
+        attempt, budget = follow, budget - 1
 
 
 def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt | None:
     """Take the step if it is open and its saga is in the phase it belongs to (forward or compensating)."""
     with rt.db.transaction() as conn:
-        saga = repo.saga_row(conn, saga_id, lock=True)
-        if saga is None or saga.status != _phase(rt.definitions[saga.kind], step):
+        found = repo.locked_saga_context(conn, saga_id)
+        if found is None:
             return None
-        number = repo.claim_step(conn, saga_id, step, rt.settings.step_lease_s, task_id)
-        if number is None:
-            return None
-        provider = rt.definitions[saga.kind].step(step).provider
-        assert provider is not None, f"{step} calls no provider"
-        return Attempt(load_context(conn, saga_id, step, saga.order_id), number, provider)
+        kind, status, context = found
+        return _claim_locked(rt, conn, rt.definitions[kind], status, step_context(saga_id, step, context), task_id)
+
+
+def _claim_locked(rt: Runtime, conn: Connection, definition: SagaDefinition, saga_status: str,
+                  context: StepContext, task_id: str | None) -> Attempt | None:
+    """Claim context.step of a saga whose row this transaction holds, in status saga_status."""
+    if saga_status != _phase(definition, context.step):
+        return None
+    number = repo.claim_step(conn, context.saga_id, context.step, rt.settings.step_lease_s, task_id)
+    if number is None:
+        return None
+    provider = definition.step(context.step).provider
+    assert provider is not None, f"{context.step} calls no provider"
+    return Attempt(context, number, provider)
 
 
 def _phase(definition: SagaDefinition, step: str) -> str:
@@ -89,8 +96,10 @@ def perform(rt: Runtime, context: StepContext, provider: str) -> tuple[Event, ob
     return StepSucceeded(context.step), reply
 
 
-def record(rt: Runtime, attempt: Attempt, event: Event, reply: object) -> list[Dispatch]:
-    """In one transaction: the step's outcome, its domain change, and the orchestrator's next commands."""
+def record(rt: Runtime, attempt: Attempt, event: Event, reply: object, inline: bool = False,
+           task_id: str | None = None) -> tuple[list[Dispatch], Attempt | None]:
+    """In one transaction: the step's outcome, its domain change and the orchestrator's next commands; and,
+    when `inline`, the claim of this saga's next step for the caller to run (so it is not published)."""
     ctx = attempt.context
     now = utcnow()
     with rt.db.transaction() as conn:
@@ -98,16 +107,21 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object) -> list[D
         assert saga is not None
         definition = rt.definitions[saga.kind]
         outcome = _outcome(definition.is_compensation(ctx.step), event)
-        values = {"status": outcome.value, "finished_at": now, "error": _error(event, reply), **_reference(reply),
-                  **_certainty(event)}
-        if not repo.close_step(conn, ctx.saga_id, ctx.step, attempt.number, values):
+        if not repo.close_step(conn, ctx.saga_id, ctx.step, attempt.number, outcome.value, now, _error(event, reply),
+                               _reference(reply), _certainty(event)):
             log.warning("saga %s step %s attempt %s lost its lease; outcome dropped", ctx.saga_id, ctx.step,
                         attempt.number)
-            return []
+            return [], None
         executor = Executor(conn, saga, now, rt.definitions, order=ctx.order)
         dispatches = executor.handle(event, outcome)
         _record_effects(conn, executor, ctx, event, reply)
-        return dispatches
+        follow = next((d for d in dispatches if d[0] == ctx.saga_id), None)
+        if follow is None or not inline:
+            return dispatches, None
+        succeeded = reply if isinstance(event, StepSucceeded) and isinstance(reply, ProviderReply) else None
+        context = follow_context(ctx, follow[1], executor.order or ctx.order, succeeded)
+        claimed = _claim_locked(rt, conn, definition, executor.state.status.value, context, task_id)
+        return ([d for d in dispatches if d != follow] if claimed else dispatches), claimed
 
 
 def _outcome(is_compensation: bool, event: Event) -> StepStatus:
@@ -116,13 +130,14 @@ def _outcome(is_compensation: bool, event: Event) -> StepStatus:
     return StepStatus.FAILED
 
 
-def _certainty(event: Event) -> dict[str, bool]:
-    """An answer that may hide an effect marks the step; a definite answer (success, refusal) clears it."""
+def _certainty(event: Event) -> bool | None:
+    """An answer that may hide an effect marks the step (True); a definite answer (success, refusal) clears it
+    (False); anything else leaves it as it was (None)."""
     if isinstance(event, StepSucceeded) or (isinstance(event, StepFailed) and event.permanent):
-        return {"outcome_unknown": False}
+        return False
     if isinstance(event, StepFailed) and event.uncertain:
-        return {"outcome_unknown": True}
-    return {}
+        return True
+    return None
 
 
 def _error(event: Event, reply: object) -> str | None:
@@ -131,9 +146,8 @@ def _error(event: Event, reply: object) -> str | None:
     return getattr(event, "error", None)
 
 
-def _reference(reply: object) -> dict[str, str]:
-    reference = getattr(reply, "reference", None)
-    return {"provider_ref": reference} if reference else {}
+def _reference(reply: object) -> str | None:
+    return getattr(reply, "reference", None) or None
 
 
 def _record_effects(conn: Connection, executor: Executor, ctx: StepContext, event: Event, reply: object) -> None:

@@ -61,8 +61,7 @@ def recover(rt: Runtime, saga_id: int, step: str) -> str:
             return "gone"
         recoveries = (repo.saga_row(conn, saga_id).recoveries or 0) + 1
         error = f"lease expired: the worker running attempt {row.attempts} was lost"
-        repo.close_step(conn, saga_id, step, row.attempts,
-                        {"status": "FAILED", "error": error, "finished_at": now, "outcome_unknown": True})
+        repo.close_step(conn, saga_id, step, row.attempts, StepStatus.FAILED.value, now, error, outcome_unknown=True)
         repo.update_saga(conn, saga_id, recoveries=recoveries)
         executor = Executor(conn, saga, now, rt.definitions)
         if recoveries > rt.settings.max_recoveries:
