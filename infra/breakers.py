@@ -37,16 +37,79 @@ class BreakerState:
     retry_after_s: float
 
 
+class SharedBreakerStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage that spares the round trips of the common case: a closed breaker.
+
+    pybreaker reads the state from Redis before every call and writes the failure counter back to zero after
+    every success: two round trips per provider call. Here a closed state and the failure counter are read
+    together (one MGET) at most every `ttl_s` per process, and a success writes the counter only when it is not
+    known to be zero already. An open or half-open state is never cached, and every failure still goes to Redis
+    at once (INCR), so breakers open as before; another process sees a change of state within `ttl_s`.
+    """
+
+    def __init__(self, state: str, redis_object: redis.Redis, namespace: str, ttl_s: float) -> None:
+        super().__init__(state, redis_object, namespace=namespace)
+        self.ttl_s = ttl_s
+        self._read_at = float("-inf")
+        self._state = pybreaker.STATE_CLOSED
+        self._counter = 0
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._read_at < self.ttl_s:
+            return
+        try:
+            state, counter = self._redis.mget(self._namespace("state"), self._namespace("fail_counter"))
+        except redis.RedisError:
+            log.warning("redis unreachable: breaker state falls back to closed")
+            self._state, self._counter, self._read_at = pybreaker.STATE_CLOSED, 0, float("-inf")
+            return
+        if state is None:  # the keys are gone (Redis restarted empty): start again closed
+            self._initialize_redis_state(pybreaker.STATE_CLOSED)
+        self._state = pybreaker.STATE_CLOSED if state is None else (
+            state.decode() if isinstance(state, bytes) else str(state))
+        self._counter = int(counter or 0)
+        self._read_at = time.monotonic() if self._state == pybreaker.STATE_CLOSED else float("-inf")
+
+    @property
+    def state(self) -> str:
+        self._refresh()
+        return self._state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        pybreaker.CircuitRedisStorage.state.fset(self, state)  # type: ignore[attr-defined]
+        self._state, self._read_at = str(state), float("-inf")
+
+    def increment_counter(self) -> None:
+        try:
+            self._counter = int(self._redis.incr(self._namespace("fail_counter")))
+        except redis.RedisError:
+            log.warning("redis unreachable: a failure was not counted")
+
+    def reset_counter(self) -> None:
+        if self._counter == 0 and time.monotonic() - self._read_at < self.ttl_s:
+            return
+        super().reset_counter()
+        self._counter = 0
+
+    @property
+    def counter(self) -> int:
+        self._counter = super().counter
+        return self._counter
+
+
 class Breakers:
     """Breakers keyed by provider name. Business refusals (a declined card) never count as failures.
 
     When Redis cannot be reached the breakers fail open (calls go through), as pybreaker's Redis storage does.
     """
 
-    def __init__(self, client: redis.Redis, policies: Mapping[str, BreakerPolicy], namespace: str) -> None:
+    def __init__(self, client: redis.Redis, policies: Mapping[str, BreakerPolicy], namespace: str,
+                 state_ttl_s: float = 0.25) -> None:
         self.client = client
         self.policies = dict(policies)
         self.namespace = namespace
+        self.state_ttl_s = state_ttl_s
         self._breakers: dict[str, tuple[pybreaker.CircuitBreaker, pybreaker.CircuitRedisStorage]] = {}
 
     def call(self, provider: str, func: Callable[..., T], *args: object) -> T:
@@ -73,8 +136,8 @@ class Breakers:
         if provider not in self._breakers:
             policy = self.policies.get(provider, BreakerPolicy())
             try:
-                storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, self.client,
-                                                        namespace=f"{self.namespace}:{provider}")
+                storage = SharedBreakerStorage(pybreaker.STATE_CLOSED, self.client, f"{self.namespace}:{provider}",
+                                               self.state_ttl_s)
             except redis.RedisError:
                 log.warning("redis unreachable: %s breaker fails open for now", provider)
                 return None

@@ -45,7 +45,7 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
+        worker_send_task_events=settings.task_events,  # Flower turns events on while it watches either way
         task_send_sent_event=False,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.publish_timeout_s,

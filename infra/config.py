@@ -33,6 +33,7 @@ class Settings:
     admission_retry_after_s: float
     inline_steps: int
     sweep_in_worker: bool
+    task_events: bool
     chaos_duplicate_dispatch: bool
     chaos_poison_steps: dict[str, str]
 
@@ -66,6 +67,7 @@ class Settings:
             admission_retry_after_s=float(_env("ADMISSION_RETRY_AFTER_S", "2")),
             inline_steps=int(_env("INLINE_STEPS", "4")),
             sweep_in_worker=_env("SWEEP_IN_WORKER", "1") in ("1", "true", "yes"),
+            task_events=_env("TASK_EVENTS", "0") in ("1", "true", "yes"),
             chaos_duplicate_dispatch=_env("CHAOS_DUPLICATE_DISPATCH", "0") in ("1", "true", "yes"),
             chaos_poison_steps=_poison(_env("CHAOS_POISON_STEPS", "")),
         )

@@ -6,11 +6,18 @@ transient failure (5xx, timeout, connection refused: retried).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-import requests
 import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    LocationValueError,
+    NewConnectionError,
+    ProxyError,
+)
 
 
 class ProviderError(Exception):
@@ -39,62 +46,68 @@ class ProviderReply:
     body: dict[str, Any]
 
 
+# Failures that happen before the request leaves: nothing can have been carried out.
+NOT_SENT = (NewConnectionError, ConnectTimeoutError, LocationValueError, ProxyError)
+
+
 class HttpProvider:
-    """A JSON-over-HTTP provider at base_url."""
+    """A JSON-over-HTTP provider at base_url, called through one urllib3 connection pool (keep-alive, no
+    automatic retries: the saga decides about retries, with the same idempotency key)."""
 
     def __init__(self, name: str, base_url: str, timeout_s: float) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        self._session = requests.Session()
-        self._session.trust_env = False  # no proxy or netrc look-ups in os.environ on every call
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._prefix = ""
+        self._pool: urllib3.HTTPConnectionPool | None = None
+        try:
+            url = urllib3.util.parse_url(self.base_url)
+            if url.scheme in ("http", "https") and url.host:
+                self._prefix = url.path or ""
+                self._pool = urllib3.connection_from_url(
+                    self.base_url, maxsize=64, block=False, retries=False,
+                    timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s))
+        except LocationValueError:
+            pass  # every call fails as "unreachable" (a configuration error the health probe shows)
 
     def post(self, path: str, key: str, payload: dict[str, Any]) -> ProviderReply:
         """POST payload with Idempotency-Key `key`; raise ProviderError or ProviderRefused on failure."""
+        if self._pool is None:
+            raise ProviderError(f"{self.name} unreachable: invalid URL {self.base_url!r}", uncertain=False)
         try:
-            response = self._session.post(
-                f"{self.base_url}{path}", json=payload, headers={"Idempotency-Key": key}, timeout=self.timeout_s
+            response = self._pool.urlopen(
+                "POST", f"{self._prefix}{path}", body=json.dumps(payload).encode(),
+                headers={"Content-Type": "application/json", "Idempotency-Key": key}, preload_content=True,
             )
-        except (requests.ConnectTimeout, requests.exceptions.InvalidURL) as exc:
+        except NOT_SENT as exc:
             raise ProviderError(f"{self.name} unreachable: {type(exc).__name__}", uncertain=False) from None
-        except requests.ConnectionError as exc:
-            raise ProviderError(f"{self.name} unreachable: {type(exc).__name__}", _maybe_sent(exc)) from None
-        except requests.RequestException as exc:  # ReadTimeout and friends: the request went out
+        except (HTTPError, OSError) as exc:  # read timeout, connection dropped: the request went out
             raise ProviderError(f"{self.name} did not answer: {type(exc).__name__}", uncertain=True) from None
-        return self._reply(response)
+        return self._reply(response.status, response.data)
 
-    def _reply(self, response: requests.Response) -> ProviderReply:
-        body = _json(response)
-        if response.status_code < 300:
+    def _reply(self, status: int, data: bytes) -> ProviderReply:
+        body = _json(data)
+        if status < 300:
             return ProviderReply(str(body.get("id", "")), body)
-        detail = f"{self.name} answered {response.status_code}: {body.get('detail') or body.get('title') or ''}"
-        if response.status_code == 402:
+        detail = f"{self.name} answered {status}: {body.get('detail') or body.get('title') or ''}"
+        if status == 402:
             raise PaymentDeclined(f"payment declined: {body.get('detail') or body.get('title') or 'no reason'}")
-        if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
+        if 400 <= status < 500 and status not in (408, 409, 425, 429):
             raise ProviderRefused(detail.strip())
-        raise ProviderError(detail.strip(), uncertain=response.status_code not in NOT_PROCESSED)
+        raise ProviderError(detail.strip(), uncertain=status not in NOT_PROCESSED)
 
     def close(self) -> None:
-        self._session.close()
+        if self._pool is not None:
+            self._pool.close()
 
 
 # Answers that say the request was not processed: safe to treat as "did not happen".
 NOT_PROCESSED = frozenset({408, 409, 425, 429, 503})
 
 
-def _maybe_sent(exc: requests.ConnectionError) -> bool:
-    """A refused or failed connection sent nothing; a connection dropped mid-answer may have."""
-    reason = exc.args[0] if exc.args else None
-    inner = getattr(reason, "reason", reason)
-    return not isinstance(inner, urllib3.exceptions.NewConnectionError)
-
-
-def _json(response: requests.Response) -> dict[str, Any]:
+def _json(data: bytes) -> dict[str, Any]:
     try:
-        body = response.json()
+        body = json.loads(data) if data else {}
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}

@@ -326,11 +326,13 @@ def _step_where(saga_id: int, name: str) -> Any:
     return sa.and_(saga_steps.c.saga_id == saga_id, saga_steps.c.name == name)
 
 
+# status IN (PENDING, WAITING) as two plain comparisons: an IN list is re-rendered on every execution.
+_STEP_IS_OPEN = sa.or_(*(saga_steps.c.status == status for status in OPEN_FOR_CLAIM))
 _THIS_STEP = sa.and_(saga_steps.c.saga_id == sa.bindparam("b_saga"), saga_steps.c.name == sa.bindparam("b_name"))
 
 _CLAIM_STEP = (
     saga_steps.update()
-    .where(_THIS_STEP, saga_steps.c.status.in_(OPEN_FOR_CLAIM), saga_steps.c.attempts < saga_steps.c.max_attempts)
+    .where(_THIS_STEP, _STEP_IS_OPEN, saga_steps.c.attempts < saga_steps.c.max_attempts)
     .values(status=StepStatus.RUNNING.value, attempts=saga_steps.c.attempts + 1, started_at=sa.bindparam("b_now"),
             lease_until=sa.bindparam("b_lease"), task_id=sa.bindparam("b_task"), dispatched_at=None)
     .returning(saga_steps.c.attempts)
@@ -403,7 +405,7 @@ def open_step(conn: Connection, saga_id: int, name: str, position: int, max_atte
 
 _SKIP_OPEN_STEPS = (
     saga_steps.update()
-    .where(saga_steps.c.saga_id == sa.bindparam("b_saga"), saga_steps.c.status.in_(OPEN_FOR_CLAIM))
+    .where(saga_steps.c.saga_id == sa.bindparam("b_saga"), _STEP_IS_OPEN)
     .values(status=StepStatus.SKIPPED.value, finished_at=sa.bindparam("b_now"), available_at=None,
             dispatched_at=None)
 )

@@ -42,6 +42,19 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
         assert (data / "bookmarket.db").exists()
         workers = wait_until(lambda: _json(f"http://127.0.0.1:{flower_port}/api/workers?refresh=1"), 30, 0.5, "Flower")
         assert any("saga.pay" in str(info.get("registered", "")) for info in workers.values()), workers
+        # Workers send no task events of their own (TASK_EVENTS=0); Flower switches them on when it starts, so
+        # the orders placed from then on show up in it. One more order per try until one does.
+        posted: list[int] = []
+
+        def flower_saw_an_order() -> dict | None:
+            seen = _flower_tasks(flower_port, posted)
+            if not seen:
+                body = {"customer_id": 6, "book_id": 1, "qty": 1}
+                posted.append(requests.post(f"{api}/orders", json=body, timeout=10).json()["saga_id"])
+            return seen
+
+        seen = wait_until(flower_saw_an_order, 40, 1.0, "Flower to see a saga.pay task")
+        assert seen["name"] == "saga.pay" and seen["state"] == "SUCCESS", seen
         family = psutil.Process(up.pid).children(recursive=True)
         assert len(family) >= 4  # sandbox, worker (+ its pool), flower, api (+ its workers)
     except BaseException:
@@ -68,6 +81,13 @@ def _stop_everything(up: subprocess.Popen[bytes]) -> None:
     for proc in family:
         with contextlib.suppress(psutil.Error):
             proc.kill()
+
+
+def _flower_tasks(flower_port: int, saga_ids: list[int]) -> dict | None:
+    """A successful saga.pay task Flower recorded for one of saga_ids, if any."""
+    tasks = _json(f"http://127.0.0.1:{flower_port}/api/tasks?taskname=saga.pay") or {}
+    wanted = {f"[{saga_id}]" for saga_id in saga_ids}
+    return next((t for t in tasks.values() if t.get("args") in wanted and t.get("state") == "SUCCESS"), None)
 
 
 def _json(url: str) -> dict | None:

@@ -1,0 +1,133 @@
+"""Circuit breakers shared through Redis (fakeredis here; the integration tests use a real Redis)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from infra.breakers import BreakerPolicy, Breakers, ProviderBlocked
+from infra.providers import ProviderError, ProviderRefused
+
+
+class CountingRedis(fakeredis.FakeRedis):
+    """A fake Redis that counts the commands it is sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: list[str] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append(str(args[0]))
+        return super().execute_command(*args, **options)
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+def breakers(server: fakeredis.FakeServer, ttl_s: float = 0.25, fail_max: int = 3) -> Breakers:
+    """One process's breakers; two of them on one server are two processes."""
+    return Breakers(CountingRedis(server=server), {"payment": BreakerPolicy(fail_max=fail_max, reset_s=30)},
+                    namespace="test", state_ttl_s=ttl_s)
+
+
+def ok() -> str:
+    return "ok"
+
+
+def fail() -> str:
+    raise ProviderError("payment answered 500", uncertain=True)
+
+
+def refuse() -> str:
+    raise ProviderRefused("payment answered 400")
+
+
+def fail_times(b: Breakers, n: int) -> None:
+    for _ in range(n):
+        with pytest.raises(ProviderError):
+            b.call("payment", fail)
+
+
+def test_consecutive_failures_open_the_breaker_and_calls_are_refused_with_a_retry_time(
+        server: fakeredis.FakeServer) -> None:
+    b = breakers(server)
+    fail_times(b, 2)
+    with pytest.raises(Exception, match="answered 500|circuit"):
+        b.call("payment", fail)  # the third failure opens it
+    with pytest.raises(ProviderBlocked) as blocked:
+        b.call("payment", ok)
+    assert 29 <= blocked.value.retry_after_s <= 30
+    assert b.state("payment").name == "open"
+
+
+def test_a_success_between_failures_resets_the_count(server: fakeredis.FakeServer) -> None:
+    b = breakers(server)
+    fail_times(b, 2)
+    assert b.call("payment", ok) == "ok"
+    fail_times(b, 2)
+    assert b.call("payment", ok) == "ok"
+    assert b.state("payment").name == "closed"
+
+
+def test_business_refusals_never_count(server: fakeredis.FakeServer) -> None:
+    b = breakers(server)
+    for _ in range(10):
+        with pytest.raises(ProviderRefused):
+            b.call("payment", refuse)
+    assert b.state("payment").name == "closed"
+
+
+def test_failures_in_two_processes_add_up(server: fakeredis.FakeServer) -> None:
+    one, two = breakers(server), breakers(server)
+    fail_times(one, 1)
+    fail_times(two, 1)
+    with pytest.raises(Exception, match="answered 500|circuit"):
+        one.call("payment", fail)
+    with pytest.raises(ProviderBlocked):
+        one.call("payment", ok)
+
+
+def test_another_process_sees_the_breaker_open_within_the_state_ttl(server: fakeredis.FakeServer) -> None:
+    opener, other = breakers(server, ttl_s=0.1), breakers(server, ttl_s=0.1)
+    assert other.call("payment", ok) == "ok"  # `other` now holds "closed" for up to 0.1 s
+    fail_times(opener, 2)
+    with pytest.raises(Exception, match="answered 500|circuit"):
+        opener.call("payment", fail)
+    time.sleep(0.12)
+    with pytest.raises(ProviderBlocked):
+        other.call("payment", ok)
+
+
+def test_a_closed_breaker_costs_no_redis_round_trip_per_call(server: fakeredis.FakeServer) -> None:
+    b = breakers(server, ttl_s=60)
+    b.call("payment", ok)  # creates the keys and reads the state once
+    client = b.client
+    assert isinstance(client, CountingRedis)
+    client.commands.clear()
+    for _ in range(50):
+        assert b.call("payment", ok) == "ok"
+    assert client.commands == []
+
+
+def test_a_failure_is_counted_in_redis_at_once(server: fakeredis.FakeServer) -> None:
+    b = breakers(server, ttl_s=60)
+    b.call("payment", ok)
+    fail_times(b, 1)
+    assert int(redis.Redis(connection_pool=b.client.connection_pool).get("test:payment:pybreaker:fail_counter")
+               or 0) == 1
+
+
+def test_breakers_fail_open_when_redis_is_unreachable() -> None:
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2,
+                              retry=Retry(NoBackoff(), 0))
+    b = Breakers(unreachable, {"payment": BreakerPolicy(fail_max=1, reset_s=30)}, namespace="test")
+    assert b.call("payment", ok) == "ok"
+    assert b.state("payment").name == "closed"
