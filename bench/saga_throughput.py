@@ -4,8 +4,8 @@ For each worker count W (--workers 1,2) and each system (--systems ours,bare,dbo
 
   ours   PostgreSQL (migrated), Celery worker processes `celery -A workers.main worker` (W of them, --concurrency
          prefork children each, the sweeper beat in the first one) and the API under gunicorn, as `bookmarket up`
-         runs it. C client threads (a requests.Session each) POST /orders N times; the POST time of every order
-         is recorded. Then the saga table is polled until every saga is terminal. Latency is
+         runs it. C client threads (a keep-alive urllib3 connection each) POST /orders N times; the POST time of
+         every order is recorded. Then the saga table is polled until every saga is terminal. Latency is
          sagas.finished_at - sagas.created_at (POST accepted -> saga COMPLETED), read with SQL afterwards.
   bare   The same provider calls as a Celery chain bare.pay | bare.ship | bare.notify (bench/bare_chain.py) with
          the same Celery configuration, W worker processes x --concurrency, no database and no result backend:
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import sys
 import threading
@@ -38,8 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis  # noqa: E402
-import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
+import urllib3  # noqa: E402
 
 from bench import common as c  # noqa: E402
 
@@ -200,21 +201,27 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
 
         rejected = [0]
 
-        def post(i: int, session: requests.Session, record: bool = True) -> None:
+        def client() -> urllib3.HTTPConnectionPool:
+            """A keep-alive connection per client thread (urllib3: the client's own CPU stays small next to the
+            system's, on the same 2 cores)."""
+            return urllib3.connection_from_url(api_url, maxsize=1, retries=False, timeout=60)
+
+        def post(i: int, pool: urllib3.HTTPConnectionPool, record: bool = True) -> None:
             """POST one order; a 503 (admission control) is retried after its Retry-After, until --timeout."""
             deadline = time.monotonic() + args.timeout
             while True:
                 started = time.time()
                 ok = False
                 try:
-                    response = session.post(f"{api_url}/orders", json=_order_payload(i), timeout=60)
-                    ok = response.status_code == 202
-                    if response.status_code == 503 and time.monotonic() < deadline and not c.STOP.is_set():
+                    response = pool.urlopen("POST", "/orders", body=json.dumps(_order_payload(i)).encode(),
+                                            headers={"Content-Type": "application/json"})
+                    ok = response.status == 202
+                    if response.status == 503 and time.monotonic() < deadline and not c.STOP.is_set():
                         with phase.post_lock:
                             rejected[0] += 1
                         time.sleep(min(float(response.headers.get("Retry-After", 1)), 5.0))
                         continue
-                except requests.RequestException:
+                except urllib3.exceptions.HTTPError:
                     pass
                 break
             if record:
@@ -223,7 +230,7 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         # Warm-up: connections, imports and caches in every process; not measured.
         stop = threading.Event()
         c.run_clients(min(args.clients, max(args.warmup, 1)), args.warmup,
-                      lambda i, s: post(i, s, record=False), requests.Session, stop)
+                      lambda i, s: post(i, s, record=False), client, stop)
         c.wait_until(lambda: sum(counts(0).get(s, 0) for s in SAGA_TERMINAL) >= sum(counts(0).values()),
                      args.timeout, "the warm-up sagas", 0.2, [*procs, api])
         with db.connect() as conn:
@@ -240,7 +247,7 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         with c.RssSampler(rss_groups) as rss, c.CpuMeter({**rss_groups, "sandbox": [sandbox.proc.pid]}) as cpu, \
                 c.Ticker(progress):
             c.log(f"ours w={workers}: posting {args.orders} orders from {args.clients} clients")
-            errors = c.run_clients(args.clients, args.orders, post, requests.Session, stop)
+            errors = c.run_clients(args.clients, args.orders, post, client, stop)
             if errors:
                 raise RuntimeError(f"a client thread failed: {errors[0]!r}")
 

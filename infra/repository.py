@@ -392,6 +392,30 @@ _OPEN_STEP = saga_steps.update().where(_THIS_STEP).values(
     dispatched_at=sa.bindparam("b_dispatched"), finished_at=None)
 
 
+_OPEN_CLAIMED_STEP = (
+    saga_steps.update().where(_THIS_STEP)
+    .values(status=StepStatus.RUNNING.value, attempts=saga_steps.c.attempts + 1, started_at=sa.bindparam("b_now"),
+            lease_until=sa.bindparam("b_lease"), task_id=sa.bindparam("b_task"), available_at=sa.bindparam("b_now"),
+            dispatched_at=None, finished_at=None)
+    .returning(saga_steps.c.attempts)
+)
+
+
+def open_claimed_step(conn: Connection, saga_id: int, name: str, position: int, max_attempts: int, now: datetime,
+                      lease_s: float, task_id: str | None) -> int:
+    """Open step `name` already claimed by the caller (RUNNING, leased): its saga is locked by this transaction,
+    which has just decided to run it; returns the attempt number."""
+    params = {"b_saga": saga_id, "b_name": name, "b_now": now, "b_lease": now + timedelta(seconds=lease_s),
+              "b_task": task_id}
+    row = conn.execute(_OPEN_CLAIMED_STEP, params).first()
+    if row is not None:
+        return int(row[0])
+    conn.execute(saga_steps.insert(), {**_step_row(saga_id, position, name, max_attempts, now),
+                                       "status": StepStatus.RUNNING.value, "attempts": 1, "started_at": now,
+                                       "lease_until": params["b_lease"], "task_id": task_id, "available_at": now})
+    return 1
+
+
 def open_step(conn: Connection, saga_id: int, name: str, position: int, max_attempts: int,
               available_at: datetime, dispatch_now: bool) -> None:
     """Make step `name` PENDING and due at available_at (inserting its row for a first compensation)."""

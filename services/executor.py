@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Connection
@@ -38,11 +38,21 @@ from services.effects import LOCAL_STEPS
 Dispatch = tuple[int, str]
 
 
+@dataclass(frozen=True)
+class InlineClaim:
+    """Claim the first step the executor opens for immediate running (for the caller to run it in this task)
+    instead of returning it as a dispatch."""
+
+    task_id: str | None
+    lease_s: float
+
+
 class Executor:
     """Applies commands for one saga within one transaction; collects the dispatches to publish after commit."""
 
     def __init__(self, conn: Connection, saga: SagaRecord, now: datetime,
-                 definitions: Mapping[str, SagaDefinition] = DEFINITIONS, order: Order | None = None) -> None:
+                 definitions: Mapping[str, SagaDefinition] = DEFINITIONS, order: Order | None = None,
+                 inline: InlineClaim | None = None) -> None:
         self.conn = conn
         self.saga = saga
         self.order = order  # the saga's order as read under the saga lock, when the caller has it
@@ -50,6 +60,8 @@ class Executor:
         self.state: SagaState = saga.state()
         self.now = now
         self.dispatches: list[Dispatch] = []
+        self.inline = inline
+        self.claimed: tuple[str, int] | None = None  # (step, attempt) claimed for the caller, when inline
 
     def handle(self, event: Event, outcome: StepStatus | None = None) -> list[Dispatch]:
         """Decide on `event` (after noting the event's step as `outcome`) and apply every resulting command."""
@@ -83,6 +95,12 @@ class Executor:
         position = self._position(step.name)
         due = self.now + timedelta(seconds=command.delay_s)
         immediate = command.delay_s <= 0
+        if immediate and self.inline is not None and self.claimed is None:
+            number = repo.open_claimed_step(self.conn, self.saga.id, step.name, position, step.retry.max_attempts,
+                                            self.now, self.inline.lease_s, self.inline.task_id)
+            self.claimed = (step.name, number)
+            self.state = self.state.with_step(step.name, StepStatus.RUNNING)
+            return []
         repo.open_step(self.conn, self.saga.id, step.name, position, step.retry.max_attempts, due, immediate)
         self.state = self.state.with_step(step.name, StepStatus.PENDING)
         if immediate:

@@ -14,7 +14,7 @@ from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, Pro
 from saga.definition import SagaDefinition
 from saga.orchestrator import Event, SagaStatus, StepBlocked, StepFailed, StepStatus, StepSucceeded
 from services.effects import StepContext, follow_context, record_failure, record_success, step_context
-from services.executor import Dispatch, Executor, jitter
+from services.executor import Dispatch, Executor, InlineClaim, jitter
 from services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -53,21 +53,16 @@ def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt 
         found = repo.locked_saga_context(conn, saga_id)
         if found is None:
             return None
-        kind, status, context = found
-        return _claim_locked(rt, conn, rt.definitions[kind], status, step_context(saga_id, step, context), task_id)
-
-
-def _claim_locked(rt: Runtime, conn: Connection, definition: SagaDefinition, saga_status: str,
-                  context: StepContext, task_id: str | None) -> Attempt | None:
-    """Claim context.step of a saga whose row this transaction holds, in status saga_status."""
-    if saga_status != _phase(definition, context.step):
-        return None
-    number = repo.claim_step(conn, context.saga_id, context.step, rt.settings.step_lease_s, task_id)
-    if number is None:
-        return None
-    provider = definition.step(context.step).provider
-    assert provider is not None, f"{context.step} calls no provider"
-    return Attempt(context, number, provider)
+        kind, saga_status, context = found
+        definition = rt.definitions[kind]
+        if saga_status != _phase(definition, step):
+            return None
+        number = repo.claim_step(conn, saga_id, step, rt.settings.step_lease_s, task_id)
+        if number is None:
+            return None
+        provider = definition.step(step).provider
+        assert provider is not None, f"{step} calls no provider"
+        return Attempt(step_context(saga_id, step, context), number, provider)
 
 
 def _phase(definition: SagaDefinition, step: str) -> str:
@@ -112,16 +107,17 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object, inline: b
             log.warning("saga %s step %s attempt %s lost its lease; outcome dropped", ctx.saga_id, ctx.step,
                         attempt.number)
             return [], None
-        executor = Executor(conn, saga, now, rt.definitions, order=ctx.order)
+        claim = InlineClaim(task_id, rt.settings.step_lease_s) if inline else None
+        executor = Executor(conn, saga, now, rt.definitions, order=ctx.order, inline=claim)
         dispatches = executor.handle(event, outcome)
         _record_effects(conn, executor, ctx, event, reply)
-        follow = next((d for d in dispatches if d[0] == ctx.saga_id), None)
-        if follow is None or not inline:
+        if executor.claimed is None:
             return dispatches, None
+        name, number = executor.claimed
+        provider = definition.step(name).provider
+        assert provider is not None, f"{name} calls no provider"
         succeeded = reply if isinstance(event, StepSucceeded) and isinstance(reply, ProviderReply) else None
-        context = follow_context(ctx, follow[1], executor.order or ctx.order, succeeded)
-        claimed = _claim_locked(rt, conn, definition, executor.state.status.value, context, task_id)
-        return ([d for d in dispatches if d != follow] if claimed else dispatches), claimed
+        return dispatches, Attempt(follow_context(ctx, name, executor.order or ctx.order, succeeded), number, provider)
 
 
 def _outcome(is_compensation: bool, event: Event) -> StepStatus:
