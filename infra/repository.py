@@ -141,17 +141,27 @@ def find_order_by_key(conn: Connection, key: str) -> Order | None:
 
 
 def save_order_status(conn: Connection, order: Order) -> None:
-    """Write the order's status and reason, and the customer's read model with it."""
+    """Write the order's status and reason, and the customer's read model with it (one statement on PostgreSQL)."""
     assert order.id is not None
-    params = {"b_id": order.id, "status": order.status.value, "reason": order.reason, "updated_at": order.updated_at}
+    params = {"b_id": order.id, "b_status": order.status.value, "b_reason": order.reason,
+              "b_updated": order.updated_at}
+    if conn.dialect.name == "postgresql":
+        conn.execute(_SAVE_ORDER_AND_READ_MODEL, params)
+        return
     conn.execute(_SAVE_ORDER_STATUS, params)
     conn.execute(_SAVE_CUSTOMER_ORDER_STATUS, params)
 
 
 _SAVE_ORDER_STATUS = orders.update().where(orders.c.id == sa.bindparam("b_id")).values(
-    status=sa.bindparam("status"), reason=sa.bindparam("reason"), updated_at=sa.bindparam("updated_at"))
+    status=sa.bindparam("b_status"), reason=sa.bindparam("b_reason"), updated_at=sa.bindparam("b_updated"))
 _SAVE_CUSTOMER_ORDER_STATUS = customer_orders.update().where(customer_orders.c.order_id == sa.bindparam("b_id")).values(
-    status=sa.bindparam("status"), updated_at=sa.bindparam("updated_at"))
+    status=sa.bindparam("b_status"), updated_at=sa.bindparam("b_updated"))
+_saved = _SAVE_ORDER_STATUS.returning(orders.c.id).cte("saved_order")
+_SAVE_ORDER_AND_READ_MODEL = (  # WITH saved_order AS (UPDATE orders ... RETURNING id) UPDATE customer_orders ...
+    customer_orders.update().add_cte(_saved)
+    .where(customer_orders.c.order_id.in_(sa.select(_saved.c.id)))
+    .values(status=sa.bindparam("b_status"), updated_at=sa.bindparam("b_updated"))
+)
 
 
 def customer_order_page(conn: Connection, customer_id: int, offset: int, limit: int) -> tuple[list[Any], int]:
@@ -239,8 +249,10 @@ class SagaRecord:
 
 
 def create_saga(conn: Connection, definition: SagaDefinition, order_id: int, now: datetime,
-                reason: str | None = None) -> SagaRecord:
-    """Insert a RUNNING saga with a PENDING row for each forward step; returns it as load_saga would."""
+                reason: str | None = None, dispatched: str | None = None) -> SagaRecord:
+    """Insert a RUNNING saga with a PENDING row for each forward step; returns it as load_saga would.
+
+    dispatched: the step that starts at once, inserted due now and marked sent (the caller publishes it)."""
     saga_id: int = conn.execute(_INSERT_SAGA, {
         "kind": definition.kind, "version": definition.version, "order_id": order_id,
         "status": SagaStatus.RUNNING.value, "cancel_requested": False, "recoveries": 0, "reason": reason,
@@ -248,7 +260,10 @@ def create_saga(conn: Connection, definition: SagaDefinition, order_id: int, now
     }).scalar_one()
     steps = [_step_row(saga_id, position, step.name, step.retry.max_attempts, now)
              for position, step in enumerate(definition.steps)]
-    conn.execute(saga_steps.insert(), steps)
+    opened = {"available_at": now, "dispatched_at": now}
+    conn.execute(saga_steps.insert(), [{**row, **(opened if row["name"] == dispatched else {"available_at": None,
+                                                                                           "dispatched_at": None})}
+                                       for row in steps])
     return SagaRecord(id=saga_id, kind=definition.kind, order_id=order_id, status=SagaStatus.RUNNING,
                       cancel_requested=False, reason=reason,
                       steps={row["name"]: _NewStep(**row, outcome_unknown=False) for row in steps})

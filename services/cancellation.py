@@ -8,9 +8,9 @@ from sqlalchemy.engine import Connection
 from domain.errors import OrderNotFound, SagaNeedsSupport
 from domain.model import Order, OrderStatus, utcnow
 from infra import repository as repo
-from saga.orchestrator import CancelRequested, SagaStatus, Started
+from saga.orchestrator import CancelRequested, SagaStatus
 from saga.order_saga import CANCEL_SAGA, ORDER_SAGA
-from services.executor import Dispatch, Executor
+from services.executor import Dispatch, Executor, start_saga
 from services.orders import OrderView, get_order
 from services.runtime import Runtime
 from services.steps import publish
@@ -63,5 +63,4 @@ def _cancel_order_saga(rt: Runtime, conn: Connection, order: Order, saga_id: int
 def _start_cancel_saga(rt: Runtime, conn: Connection, order: Order, reason: str) -> list[Dispatch]:
     assert order.id is not None
     now = utcnow()
-    saga = repo.create_saga(conn, rt.definitions[CANCEL_SAGA.kind], order.id, now, reason=reason)
-    return Executor(conn, saga, now, rt.definitions).handle(Started())
+    return start_saga(conn, rt.definitions[CANCEL_SAGA.kind], order.id, now, rt.definitions, reason)[1]

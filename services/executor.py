@@ -26,6 +26,7 @@ from saga.orchestrator import (
     RunStep,
     SagaState,
     SagaStatus,
+    Started,
     StepFailed,
     StepStatus,
     StepSucceeded,
@@ -133,8 +134,13 @@ class Executor:
         )
         self.state = self.state.with_step(command.step, StepStatus.WAITING)
 
+    def _skip_open_steps(self) -> None:
+        """Steps that will never run now are SKIPPED (the state, read under the saga lock, says if any is open)."""
+        if any(s.status in (StepStatus.PENDING, StepStatus.WAITING) for s in self.state.steps.values()):
+            repo.skip_open_steps(self.conn, self.saga.id, self.now)
+
     def _begin_compensation(self, reason: str | None) -> None:
-        repo.skip_open_steps(self.conn, self.saga.id, self.now)
+        self._skip_open_steps()
         values = {"status": SagaStatus.COMPENSATING.value}
         if reason is not None:
             values["reason"] = reason
@@ -143,7 +149,7 @@ class Executor:
         self.state = replace(self.state, status=SagaStatus.COMPENSATING)
 
     def _finish(self, command: FinishSaga) -> None:
-        repo.skip_open_steps(self.conn, self.saga.id, self.now)
+        self._skip_open_steps()
         values: dict[str, object] = {"status": command.status.value, "finished_at": self.now}
         if command.reason is not None:
             values["reason"] = command.reason
@@ -167,6 +173,22 @@ class Executor:
             return int(row.position)
         names = self.definition.step_names + tuple(c.name for c in self.definition.compensations)
         return names.index(name)
+
+
+def start_saga(conn: Connection, definition: SagaDefinition, order_id: int, now: datetime,
+               definitions: Mapping[str, SagaDefinition] = DEFINITIONS,
+               reason: str | None = None) -> tuple[SagaRecord, list[Dispatch]]:
+    """Create a saga and carry out the orchestrator's first decision; returns it and the dispatches to publish.
+
+    The usual first decision, "run provider step X now", is written with the rows themselves (one statement
+    fewer per order); any other goes through the executor."""
+    commands = decide(definition, SagaState(SagaStatus.RUNNING, {}), Started())
+    first = commands[0] if len(commands) == 1 and isinstance(commands[0], RunStep) else None
+    if first is not None and first.delay_s <= 0 and first.step not in LOCAL_STEPS:
+        saga = repo.create_saga(conn, definition, order_id, now, reason, dispatched=first.step)
+        return saga, [(saga.id, first.step)]
+    saga = repo.create_saga(conn, definition, order_id, now, reason)
+    return saga, Executor(conn, saga, now, definitions).handle(Started())
 
 
 def jitter() -> float:

@@ -11,9 +11,8 @@ import sqlalchemy.exc
 from domain.errors import IdempotencyConflict, OrderNotFound, SagaNotFound, UnknownBook
 from domain.model import Book, Order, OrderStatus, check_quantity, utcnow
 from infra import repository as repo
-from saga.orchestrator import Started
 from saga.order_saga import ORDER_SAGA
-from services.executor import Executor
+from services.executor import start_saga
 from services.runtime import Runtime
 from services.steps import publish
 
@@ -67,10 +66,9 @@ def _insert(rt: Runtime, cmd: PlaceOrder) -> tuple[PlacedOrder, list[tuple[int, 
             raise UnknownBook(cmd.book_id)
         order = Order.place(cmd.customer_id, book, cmd.qty)
         order_id = repo.add_order(conn, order, cmd.idempotency_key)
-        saga = repo.create_saga(conn, rt.definitions[ORDER_SAGA.kind], order_id, now)
+        saga, dispatches = start_saga(conn, rt.definitions[ORDER_SAGA.kind], order_id, now, rt.definitions)
         saga_id = saga.id
         repo.add_customer_order(conn, order, book.title, saga_id)
-        dispatches = Executor(conn, saga, now, rt.definitions).handle(Started())
     view = OrderView(order, saga_id, book.title, ({"id": saga_id, "kind": ORDER_SAGA.kind, "status": "RUNNING"},))
     return PlacedOrder(view, created=True), dispatches
 
