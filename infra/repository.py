@@ -260,27 +260,16 @@ def create_saga(conn: Connection, definition: SagaDefinition, order_id: int, now
     }).scalar_one()
     steps = [_step_row(saga_id, position, step.name, step.retry.max_attempts, now)
              for position, step in enumerate(definition.steps)]
-    due = {"available_at": now, "dispatched_at": now}
-    rows = [{**row, **(due if row["name"] == dispatched else {"available_at": None, "dispatched_at": None})}
-            for row in steps]
-    conn.execute(_insert_steps(len(rows)), {f"{column}_{i}": value for i, row in enumerate(rows)
-                                            for column, value in row.items()})
+    opened = {"available_at": now, "dispatched_at": now}
+    conn.execute(saga_steps.insert(), [{**row, **(opened if row["name"] == dispatched else {"available_at": None,
+                                                                                           "dispatched_at": None})}
+                                       for row in steps])
     return SagaRecord(id=saga_id, kind=definition.kind, order_id=order_id, status=SagaStatus.RUNNING,
                       cancel_requested=False, reason=reason,
                       steps={row["name"]: _NewStep(**row, outcome_unknown=False) for row in steps})
 
 
 _INSERT_SAGA = sagas.insert().returning(sagas.c.id)
-_STEP_COLUMNS = ("saga_id", "name", "position", "status", "attempts", "max_attempts", "created_at", "waited_s",
-                 "available_at", "dispatched_at")
-
-
-@functools.lru_cache(maxsize=16)
-def _insert_steps(count: int) -> Any:
-    """INSERT INTO saga_steps ... VALUES (...), (...): a saga's rows in one statement (executemany would send
-    one statement per row)."""
-    return saga_steps.insert().values([{c: sa.bindparam(f"{c}_{i}", type_=saga_steps.c[c].type)
-                                        for c in _STEP_COLUMNS} for i in range(count)])
 
 
 @dataclass(frozen=True)
