@@ -299,8 +299,12 @@ _SAGA_COLUMNS = (sagas.c.kind.label("saga_kind"), sagas.c.order_id.label("saga_o
                  sagas.c.reason.label("saga_reason"))
 
 
+# What the orchestrator and the executor read of each step (not its timestamps, errors or references).
+_STEP_STATE_COLUMNS = (saga_steps.c.name, saga_steps.c.position, saga_steps.c.status, saga_steps.c.attempts,
+                       saga_steps.c.max_attempts, saga_steps.c.waited_s, saga_steps.c.outcome_unknown,
+                       saga_steps.c.lease_until)
 _LOAD_SAGA = (
-    sa.select(*_SAGA_COLUMNS, saga_steps)
+    sa.select(*_SAGA_COLUMNS, *_STEP_STATE_COLUMNS)
     .select_from(sagas.outerjoin(saga_steps, saga_steps.c.saga_id == sagas.c.id))
     .where(sagas.c.id == sa.bindparam("b_saga"))
     .order_by(saga_steps.c.position)
