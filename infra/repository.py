@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from domain.model import Book, Order, OrderStatus, utcnow
+from infra.fastsql import FastStatement
 from infra.tables import (
     books,
     customer_orders,
@@ -45,11 +46,11 @@ def list_books(conn: Connection) -> list[Book]:
     return [Book(r.id, r.title, r.price_cents) for r in conn.execute(sa.select(books).order_by(books.c.id))]
 
 
-_GET_BOOK = sa.select(books).where(books.c.id == sa.bindparam("b_id"))
+_GET_BOOK = FastStatement(sa.select(books).where(books.c.id == sa.bindparam("b_id")))
 
 
 def get_book(conn: Connection, book_id: int) -> Book | None:
-    row = conn.execute(_GET_BOOK, {"b_id": book_id}).first()
+    row = _GET_BOOK.run(conn, {"b_id": book_id}).first()
     return Book(row.id, row.title, row.price_cents) if row else None
 
 
@@ -120,7 +121,7 @@ def order_context(conn: Connection, order_id: int) -> OrderContext | None:
     return _context_from_row(row) if row else None
 
 
-_LOCKED_SAGA_CONTEXT = (
+_LOCKED_SAGA_CONTEXT = FastStatement(
     _context_query().add_columns(sagas.c.kind.label("saga_kind"), sagas.c.status.label("saga_status"))
     .join(sagas, sagas.c.order_id == orders.c.id)
     .where(sagas.c.id == sa.bindparam("b_saga"))
@@ -131,7 +132,7 @@ _LOCKED_SAGA_CONTEXT = (
 def locked_saga_context(conn: Connection, saga_id: int) -> tuple[str, str, OrderContext] | None:
     """The saga's kind and status with its order's context, in one round trip; holds the saga row until the
     transaction ends (PostgreSQL), which serializes claim, record and cancel."""
-    row = conn.execute(_LOCKED_SAGA_CONTEXT, {"b_saga": saga_id}).first()
+    row = _LOCKED_SAGA_CONTEXT.run(conn, {"b_saga": saga_id}).first()
     return (row.saga_kind, row.saga_status, _context_from_row(row)) if row else None
 
 
@@ -146,7 +147,7 @@ def save_order_status(conn: Connection, order: Order) -> None:
     params = {"b_id": order.id, "b_status": order.status.value, "b_reason": order.reason,
               "b_updated": order.updated_at}
     if conn.dialect.name == "postgresql":
-        conn.execute(_SAVE_ORDER_AND_READ_MODEL, params)
+        _SAVE_ORDER_AND_READ_MODEL.run(conn, params)
         return
     conn.execute(_SAVE_ORDER_STATUS, params)
     conn.execute(_SAVE_CUSTOMER_ORDER_STATUS, params)
@@ -157,7 +158,8 @@ _SAVE_ORDER_STATUS = orders.update().where(orders.c.id == sa.bindparam("b_id")).
 _SAVE_CUSTOMER_ORDER_STATUS = customer_orders.update().where(customer_orders.c.order_id == sa.bindparam("b_id")).values(
     status=sa.bindparam("b_status"), updated_at=sa.bindparam("b_updated"))
 _saved = _SAVE_ORDER_STATUS.returning(orders.c.id).cte("saved_order")
-_SAVE_ORDER_AND_READ_MODEL = (  # WITH saved_order AS (UPDATE orders ... RETURNING id) UPDATE customer_orders ...
+# WITH saved_order AS (UPDATE orders ... RETURNING id) UPDATE customer_orders ...
+_SAVE_ORDER_AND_READ_MODEL = FastStatement(
     customer_orders.update().add_cte(_saved)
     .where(customer_orders.c.order_id.in_(sa.select(_saved.c.id)))
     .values(status=sa.bindparam("b_status"), updated_at=sa.bindparam("b_updated"))
@@ -303,18 +305,19 @@ _SAGA_COLUMNS = (sagas.c.kind.label("saga_kind"), sagas.c.order_id.label("saga_o
 _STEP_STATE_COLUMNS = (saga_steps.c.name, saga_steps.c.position, saga_steps.c.status, saga_steps.c.attempts,
                        saga_steps.c.max_attempts, saga_steps.c.waited_s, saga_steps.c.outcome_unknown,
                        saga_steps.c.lease_until)
-_LOAD_SAGA = (
+_LOAD_SAGA_QUERY = (
     sa.select(*_SAGA_COLUMNS, *_STEP_STATE_COLUMNS)
     .select_from(sagas.outerjoin(saga_steps, saga_steps.c.saga_id == sagas.c.id))
     .where(sagas.c.id == sa.bindparam("b_saga"))
     .order_by(saga_steps.c.position)
 )
-_LOAD_SAGA_LOCKED = _LOAD_SAGA.with_for_update(of=sagas)
+_LOAD_SAGA_LOCKED = FastStatement(_LOAD_SAGA_QUERY.with_for_update(of=sagas))
+_LOAD_SAGA = FastStatement(_LOAD_SAGA_QUERY)
 
 
 def load_saga(conn: Connection, saga_id: int, lock: bool = False) -> SagaRecord | None:
     """The saga and its steps in one round trip; lock=True holds the saga row until the transaction ends."""
-    rows = conn.execute(_LOAD_SAGA_LOCKED if lock else _LOAD_SAGA, {"b_saga": saga_id}).all()
+    rows = (_LOAD_SAGA_LOCKED if lock else _LOAD_SAGA).run(conn, {"b_saga": saga_id}).all()
     if not rows:
         return None
     first = rows[0]
@@ -349,7 +352,7 @@ def _step_where(saga_id: int, name: str) -> Any:
 _STEP_IS_OPEN = sa.or_(*(saga_steps.c.status == status for status in OPEN_FOR_CLAIM))
 _THIS_STEP = sa.and_(saga_steps.c.saga_id == sa.bindparam("b_saga"), saga_steps.c.name == sa.bindparam("b_name"))
 
-_CLAIM_STEP = (
+_CLAIM_STEP = FastStatement(
     saga_steps.update()
     .where(_THIS_STEP, _STEP_IS_OPEN, saga_steps.c.attempts < saga_steps.c.max_attempts)
     .values(status=StepStatus.RUNNING.value, attempts=saga_steps.c.attempts + 1, started_at=sa.bindparam("b_now"),
@@ -361,12 +364,12 @@ _CLAIM_STEP = (
 def claim_step(conn: Connection, saga_id: int, name: str, lease_s: float, task_id: str | None) -> int | None:
     """Compare-and-set PENDING|WAITING -> RUNNING; returns the attempt number, or None if someone else has it."""
     now = utcnow()
-    result = conn.execute(_CLAIM_STEP, {"b_saga": saga_id, "b_name": name, "b_now": now,
-                                        "b_lease": now + timedelta(seconds=lease_s), "b_task": task_id}).first()
+    result = _CLAIM_STEP.run(conn, {"b_saga": saga_id, "b_name": name, "b_now": now,
+                                    "b_lease": now + timedelta(seconds=lease_s), "b_task": task_id}).first()
     return int(result[0]) if result else None
 
 
-_CLOSE_STEP = (
+_CLOSE_STEP = FastStatement(
     saga_steps.update()
     .where(_THIS_STEP, saga_steps.c.status == StepStatus.RUNNING.value,
            saga_steps.c.attempts == sa.bindparam("b_attempt"))
@@ -383,35 +386,35 @@ def close_step(conn: Connection, saga_id: int, name: str, attempt: int, status: 
     """Write the outcome of attempt `attempt` if the step is still RUNNING it (a lease may have been taken back).
 
     provider_ref and outcome_unknown are left as they are when None."""
-    result = conn.execute(_CLOSE_STEP, {
+    result = _CLOSE_STEP.run(conn, {
         "b_saga": saga_id, "b_name": name, "b_attempt": attempt, "b_status": status, "b_finished": finished_at,
         "b_error": error, "b_ref": provider_ref, "b_unknown": outcome_unknown,
     })
     return result.rowcount == 1
 
 
-_FINISH_LOCAL_STEP = saga_steps.update().where(_THIS_STEP).values(
+_FINISH_LOCAL_STEP = FastStatement(saga_steps.update().where(_THIS_STEP).values(
     status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"), started_at=sa.bindparam("b_now"),
-    finished_at=sa.bindparam("b_now"), error=sa.bindparam("b_error"))
+    finished_at=sa.bindparam("b_now"), error=sa.bindparam("b_error")))
 
 
 def finish_local_step(conn: Connection, saga_id: int, name: str, status: str, attempts: int, now: datetime,
                       error: str | None) -> None:
     """Record a local step (one that calls no provider), which starts and ends within one transaction."""
-    conn.execute(_FINISH_LOCAL_STEP, {"b_saga": saga_id, "b_name": name, "b_status": status,
-                                      "b_attempts": attempts, "b_now": now, "b_error": error})
+    _FINISH_LOCAL_STEP.run(conn, {"b_saga": saga_id, "b_name": name, "b_status": status,
+                                  "b_attempts": attempts, "b_now": now, "b_error": error})
 
 
 def update_step(conn: Connection, saga_id: int, name: str, **values: Any) -> None:
     conn.execute(saga_steps.update().where(_step_where(saga_id, name)).values(**values))
 
 
-_OPEN_STEP = saga_steps.update().where(_THIS_STEP).values(
+_OPEN_STEP = FastStatement(saga_steps.update().where(_THIS_STEP).values(
     status=StepStatus.PENDING.value, available_at=sa.bindparam("b_available"),
-    dispatched_at=sa.bindparam("b_dispatched"), finished_at=None)
+    dispatched_at=sa.bindparam("b_dispatched"), finished_at=None))
 
 
-_OPEN_CLAIMED_STEP = (
+_OPEN_CLAIMED_STEP = FastStatement(
     saga_steps.update().where(_THIS_STEP)
     .values(status=StepStatus.RUNNING.value, attempts=saga_steps.c.attempts + 1, started_at=sa.bindparam("b_now"),
             lease_until=sa.bindparam("b_lease"), task_id=sa.bindparam("b_task"), available_at=sa.bindparam("b_now"),
@@ -426,7 +429,7 @@ def open_claimed_step(conn: Connection, saga_id: int, name: str, position: int, 
     which has just decided to run it; returns the attempt number."""
     params = {"b_saga": saga_id, "b_name": name, "b_now": now, "b_lease": now + timedelta(seconds=lease_s),
               "b_task": task_id}
-    row = conn.execute(_OPEN_CLAIMED_STEP, params).first()
+    row = _OPEN_CLAIMED_STEP.run(conn, params).first()
     if row is not None:
         return int(row[0])
     conn.execute(saga_steps.insert(), {**_step_row(saga_id, position, name, max_attempts, now),
@@ -440,13 +443,13 @@ def open_step(conn: Connection, saga_id: int, name: str, position: int, max_atte
     """Make step `name` PENDING and due at available_at (inserting its row for a first compensation)."""
     dispatched_at = utcnow() if dispatch_now else None
     params = {"b_saga": saga_id, "b_name": name, "b_available": available_at, "b_dispatched": dispatched_at}
-    if conn.execute(_OPEN_STEP, params).rowcount == 0:
+    if _OPEN_STEP.run(conn, params).rowcount == 0:
         conn.execute(saga_steps.insert(), {**_step_row(saga_id, position, name, max_attempts, utcnow()),
                                            "status": StepStatus.PENDING.value, "available_at": available_at,
                                            "dispatched_at": dispatched_at, "finished_at": None})
 
 
-_SKIP_OPEN_STEPS = (
+_SKIP_OPEN_STEPS = FastStatement(
     saga_steps.update()
     .where(saga_steps.c.saga_id == sa.bindparam("b_saga"), _STEP_IS_OPEN)
     .values(status=StepStatus.SKIPPED.value, finished_at=sa.bindparam("b_now"), available_at=None,
@@ -456,7 +459,7 @@ _SKIP_OPEN_STEPS = (
 
 def skip_open_steps(conn: Connection, saga_id: int, now: datetime) -> None:
     """Steps that will never run now are SKIPPED, so a late message for them finds nothing to claim."""
-    conn.execute(_SKIP_OPEN_STEPS, {"b_saga": saga_id, "b_now": now})
+    _SKIP_OPEN_STEPS.run(conn, {"b_saga": saga_id, "b_now": now})
 
 
 def update_saga(conn: Connection, saga_id: int, **values: Any) -> None:

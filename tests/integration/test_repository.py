@@ -1,0 +1,106 @@
+"""The step table's hot statements on SQLite (through SQLAlchemy) and PostgreSQL (straight through psycopg, see
+infra/fastsql.py): the same calls must give the same answers on both."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from domain.model import Order, utcnow
+from infra import repository as repo
+from infra.db import Database, sqlite_url_for
+from infra.migrate import upgrade
+from saga.order_saga import ORDER_SAGA
+from tests.conftest import create_pg_database
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path, postgres_server: str) -> Iterator[Database]:
+    if request.param == "sqlite":
+        url, drop = sqlite_url_for(tmp_path), (lambda: None)
+    else:
+        url, drop = create_pg_database(postgres_server)
+    upgrade(url)
+    database = Database.from_url(url)
+    yield database
+    database.dispose()
+    drop()
+
+
+def new_saga(db: Database) -> repo.SagaRecord:
+    now = utcnow()
+    with db.transaction() as conn:
+        book = repo.get_book(conn, 1)
+        assert book is not None and book.id == 1
+        order = Order.place(7, book, 2)
+        order_id = repo.add_order(conn, order, None)
+        saga = repo.create_saga(conn, ORDER_SAGA, order_id, now, dispatched="pay")
+        repo.add_customer_order(conn, order, book.title, saga.id)
+        return saga
+
+
+def test_claim_is_a_compare_and_set_and_close_checks_the_attempt(db: Database) -> None:
+    saga = new_saga(db)
+    with db.transaction() as conn:
+        assert repo.claim_step(conn, saga.id, "pay", 30, "task-1") == 1
+        assert repo.claim_step(conn, saga.id, "pay", 30, "task-2") is None  # RUNNING: not open any more
+        assert not repo.close_step(conn, saga.id, "pay", 2, "SUCCEEDED", utcnow(), None, "ch_1")  # wrong attempt
+        assert repo.close_step(conn, saga.id, "pay", 1, "SUCCEEDED", utcnow(), None, "ch_1", outcome_unknown=False)
+        assert repo.claim_step(conn, saga.id, "pay", 30, "task-3") is None
+    with db.reading() as conn:
+        row = next(r for r in repo.saga_step_rows(conn, saga.id) if r.name == "pay")
+    assert (row.status, row.attempts, row.provider_ref, row.task_id, row.lease_until) == (
+        "SUCCEEDED", 1, "ch_1", "task-1", None)
+
+
+def test_close_keeps_the_reference_and_the_uncertainty_unless_told(db: Database) -> None:
+    saga = new_saga(db)
+    with db.transaction() as conn:
+        repo.claim_step(conn, saga.id, "pay", 30, None)
+        repo.close_step(conn, saga.id, "pay", 1, "FAILED", utcnow(), "timeout", outcome_unknown=True)
+        repo.open_step(conn, saga.id, "pay", 0, 5, utcnow(), dispatch_now=True)
+        assert repo.claim_step(conn, saga.id, "pay", 30, None) == 2
+        repo.close_step(conn, saga.id, "pay", 2, "FAILED", utcnow(), "answered 503")
+    with db.reading() as conn:
+        row = next(r for r in repo.saga_step_rows(conn, saga.id) if r.name == "pay")
+    assert (row.status, row.outcome_unknown, row.provider_ref, row.error) == ("FAILED", True, None, "answered 503")
+
+
+def test_load_saga_and_the_claim_context_read_back_what_was_written(db: Database) -> None:
+    saga = new_saga(db)
+    now = utcnow()
+    with db.transaction() as conn:
+        repo.finish_local_step(conn, saga.id, "confirm", "SUCCEEDED", 1, now, None)
+        assert repo.open_claimed_step(conn, saga.id, "ship", 2, 8, now, 30, "task-9") == 1
+        repo.save_payment(conn, saga.order_id, status="CHARGED", amount_cents=8598, charge_ref="ch_9")
+        loaded = repo.load_saga(conn, saga.id, lock=True)
+        found = repo.locked_saga_context(conn, saga.id)
+    assert loaded is not None and found is not None
+    assert (loaded.kind, loaded.order_id, loaded.status.value, loaded.cancel_requested) == (
+        "order", saga.order_id, "RUNNING", False)
+    assert list(loaded.steps) == ["pay", "confirm", "ship", "mark_shipped", "notify"]
+    ship = loaded.steps["ship"]
+    assert (ship.status, ship.attempts, ship.position) == ("RUNNING", 1, 2)
+    assert ship.lease_until is not None and ship.lease_until.utcoffset() == timedelta(0)
+    assert abs(ship.lease_until - (now + timedelta(seconds=30))) < timedelta(seconds=1)
+    assert loaded.steps["confirm"].status == "SUCCEEDED"
+    kind, status, context = found
+    assert (kind, status, context.charge_ref, context.shipment_ref) == ("order", "RUNNING", "ch_9", None)
+    assert (context.order.id, context.order.customer_id, context.order.qty, context.order.amount_cents) == (
+        saga.order_id, 7, 2, 8598)
+    assert context.order.created_at.utcoffset() == timedelta(0)
+
+
+def test_skip_open_steps_leaves_running_and_finished_steps_alone(db: Database) -> None:
+    saga = new_saga(db)
+    with db.transaction() as conn:
+        repo.claim_step(conn, saga.id, "pay", 30, None)
+        repo.finish_local_step(conn, saga.id, "confirm", "SUCCEEDED", 1, utcnow(), None)
+        repo.skip_open_steps(conn, saga.id, utcnow())
+        statuses = {r.name: r.status for r in repo.saga_step_rows(conn, saga.id)}
+    assert statuses == {"pay": "RUNNING", "confirm": "SUCCEEDED", "ship": "SKIPPED", "mark_shipped": "SKIPPED",
+                        "notify": "SKIPPED"}
