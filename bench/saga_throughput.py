@@ -20,7 +20,9 @@ For each worker count W (--workers 1,2) and each system (--systems ours,bare,dbo
 Throughput = completed / (last finish - first start); failures = orders that did not complete (POST or publish
 errors, sagas that ended COMPENSATED/FAILED, chains or workflows that failed, anything unfinished at --timeout).
 The sandbox answers with --latency-ms (0 by default). Peak RSS of the API's and the workers' process trees is
-sampled every 0.2 s. Results: a table, bench/results/<name>.json and bench/results/<name>.png.
+sampled every 0.2 s, and the CPU time of every process group (client, API, workers, sandbox, PostgreSQL, Redis)
+is divided by the completed sagas. With --repeat N every system runs N times, interleaved, and the table shows
+the median run with the range. Results: a table, bench/results/<name>.json and bench/results/<name>.png.
 
 Example:  .venv/bin/python bench/saga_throughput.py --orders 100 --workers 1
 """
@@ -60,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--systems", default=",".join(SYSTEMS), help="which of ours,bare,dbos to run (all)")
     p.add_argument("--api-workers", type=int, default=2, help="gunicorn worker processes of the API (2, as "
                    "`bookmarket up`)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per system and worker count; the table shows the run "
+                   "with the median throughput and the range over all runs (1)")
     p.add_argument("--warmup", type=int, default=20, help="warm-up orders per phase, not measured (20)")
     p.add_argument("--latency-ms", default="0", help="sandbox provider latency: MS or MIN,MAX (0)")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for a phase's orders to finish (600)")
@@ -83,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.system_list) - set(SYSTEMS)
     if unknown or not args.system_list:
         p.error(f"--systems: choose from {','.join(SYSTEMS)}")
-    if args.orders < 1 or args.clients < 1 or not args.worker_counts or min(args.worker_counts) < 1:
+    if args.orders < 1 or args.clients < 1 or args.repeat < 1 or not args.worker_counts or min(args.worker_counts) < 1:
         p.error("--orders, --clients and --workers must be positive")
     bounds = [int(x) for x in args.latency_ms.split(",")]
     args.latency = (bounds[0], bounds[-1])
@@ -478,6 +482,18 @@ def run_dbos(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
     return phase.result
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput, with every run's throughput beside it (runs interleave systems, so a
+    slow minute of the machine does not land on one system only)."""
+    measured = sorted((r for r in runs if r.get("measured")), key=lambda r: r["throughput_per_s"])
+    if not measured:
+        return runs[-1]
+    median = dict(measured[(len(measured) - 1) // 2])
+    median["runs_throughput_per_s"] = [round(r["throughput_per_s"], 1) for r in runs if r.get("measured")]
+    median["all_runs"] = [{k: v for k, v in r.items() if k != "all_runs"} for r in runs]
+    return median
+
+
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -521,12 +537,12 @@ def _div(a: float, b: float) -> float:
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[str, Any]) -> None:
     headers = ["system", "W x conc", "orders", "completed", "failures", "sagas/s", "p50 ms", "p95 ms", "p99 ms",
-               "submit p50 ms", "submit p99 ms", "503 retries", "API peak MB", "workers peak MB"]
+               "submit p50 ms", "submit p99 ms", "503 retries", "API peak MB", "workers peak MB", "runs sagas/s"]
     rows = []
     for r in results:
         if not r.get("measured"):
             rows.append([r["system"], f"{r['workers']} x -", args.orders, "NOT MEASURED", "-", None, None, None,
-                         None, None, None, None, None, None])
+                         None, None, None, None, None, None, None])
             continue
         mem = r["memory"]
         rows.append([r["system"] + (f" ({r['dbos_mode']})" if r["system"] == "dbos" else ""),
@@ -534,7 +550,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[st
                      r["throughput_per_s"], r["latency"]["p50_ms"], r["latency"]["p95_ms"], r["latency"]["p99_ms"],
                      r["submit"]["p50_ms"], r["submit"]["p99_ms"], r.get("post_503_retries"),
                      mem.get("api", {}).get("peak_rss_mb"),
-                     mem.get("workers", {}).get("peak_rss_mb")])
+                     mem.get("workers", {}).get("peak_rss_mb"),
+                     " / ".join(str(x) for x in r.get("runs_throughput_per_s", []))])
     c.print_table(f"saga throughput: {args.orders} orders, {args.clients} clients, sandbox latency "
                   f"{args.latency[0]}-{args.latency[1]} ms", headers, rows)
     for r in results:
@@ -554,6 +571,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[st
                "notes": ["latency: ours = sagas.finished_at - sagas.created_at; bare = finish time written by the "
                          "last task - client time before publishing; dbos = completed_at - created_at",
                          "throughput = completed / (last finish - first start)",
+                         "with --repeat N: each row is the run with the median throughput; every run is under "
+                         "all_runs, and the runs interleave systems",
                          "peak RSS sums every process of a tree (shared pages counted in each process)",
                          "the client threads run on the same 2-core machine as the system under test"]}
     json_path = c.write_json(args.name, payload)
@@ -622,21 +641,24 @@ def main(argv: list[str] | None = None) -> int:
               f"systems {args.system_list} (load average {env['load_avg_at_start']})")
         logs = c.log_dir(stack, "saga", args.keep_logs)
         sandbox = c.start_sandbox(stack, logs)
-        results = []
-        for workers in args.worker_counts:
-            for system in args.system_list:
-                sandbox.reset(args.latency)
-                c.log(f"--- {system}, {workers} worker process(es)")
-                try:
-                    result = RUNNERS[system](args, sandbox, workers, logs)
-                except Exception as exc:
-                    if system == "ours":
-                        raise
-                    result = not_measured(system, workers, f"{type(exc).__name__}: {exc}")
-                results.append(result)
-                if result.get("measured"):
-                    c.log(f"{system} w={workers}: {result['completed']}/{args.orders} completed, "
-                          f"{result['throughput_per_s']:.1f}/s, p50 {result['latency']['p50_ms']:.0f} ms")
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for repeat in range(args.repeat):
+            for workers in args.worker_counts:
+                for system in args.system_list:
+                    sandbox.reset(args.latency)
+                    c.log(f"--- {system}, {workers} worker process(es), run {repeat + 1} of {args.repeat}")
+                    try:
+                        result = RUNNERS[system](args, sandbox, workers, logs)
+                    except Exception as exc:
+                        if system == "ours":
+                            raise
+                        result = not_measured(system, workers, f"{type(exc).__name__}: {exc}")
+                    runs.setdefault((system, workers), []).append(result)
+                    if result.get("measured"):
+                        c.log(f"{system} w={workers}: {result['completed']}/{args.orders} completed, "
+                              f"{result['throughput_per_s']:.1f}/s, p50 {result['latency']['p50_ms']:.0f} ms")
+        results = [_median_run(runs[(system, workers)]) for workers in args.worker_counts
+                   for system in args.system_list]
         report(args, results, env)
         return 0 if all(r.get("measured") and r["failures"] == 0 for r in results if r["system"] == "ours") else 1
 
