@@ -259,13 +259,7 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
                 now = counts(baseline)
                 return sum(now.get(s, 0) for s in SAGA_TERMINAL) >= sum(now.values())
 
-            unfinished = 0
-            try:
-                c.wait_until(drained, args.timeout, "every saga to end", 0.2, [*procs, api])
-            except RuntimeError as exc:
-                if "timed out" not in str(exc):
-                    raise
-                c.log(f"ours w={workers}: {exc}")
+            _drain(drained, args.timeout, "every saga to end", [*procs, api], f"ours w={workers}")
         with db.connect() as conn:
             rows = conn.execute(sa.text(
                 "SELECT status, created_at, finished_at FROM sagas WHERE id > :a AND kind = 'order'"),
@@ -351,13 +345,8 @@ def run_bare(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
             if errors:
                 raise RuntimeError(f"a client thread failed: {errors[0]!r}")
             expected = args.orders - phase.submit_errors
-            try:
-                c.wait_until(lambda: r.hlen(finish_key) + r.hlen(fail_key) >= expected, args.timeout,
-                             "every chain to end", 0.2, procs)
-            except RuntimeError as exc:
-                if "timed out" not in str(exc):
-                    raise
-                c.log(f"bare w={workers}: {exc}")
+            _drain(lambda: r.hlen(finish_key) + r.hlen(fail_key) >= expected, args.timeout, "every chain to end",
+                   procs, f"bare w={workers}")
         finishes = {int(k): float(v) for k, v in r.hgetall(finish_key).items()}
         failed = r.hlen(fail_key)
         latencies = [(t - phase.starts[i]) * 1000 for i, t in finishes.items() if phase.starts[i] is not None]
@@ -454,13 +443,8 @@ def run_dbos(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
             else:
                 go_file.touch()
                 expected = args.orders
-            try:
-                c.wait_until(lambda: sum(counts().get(s, 0) for s in DBOS_TERMINAL) >= expected, args.timeout,
-                             "every workflow to end", 0.2, procs)
-            except RuntimeError as exc:
-                if "timed out" not in str(exc):
-                    raise
-                c.log(f"dbos w={workers}: {exc}")
+            _drain(lambda: sum(counts().get(s, 0) for s in DBOS_TERMINAL) >= expected, args.timeout,
+                   "every workflow to end", procs, f"dbos w={workers}")
         with db.connect() as conn:
             rows = conn.execute(sa.text(
                 "SELECT status, created_at, coalesce(completed_at, updated_at) AS done FROM dbos.workflow_status "
@@ -480,6 +464,16 @@ def run_dbos(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
                       **({"dbos_worker_concurrency": args.dbos_concurrency, "dbos_poll_s": args.dbos_poll}
                          if mode == "queue" else {"start_threads_per_process": math.ceil(args.clients / workers)})})
     return phase.result
+
+
+def _drain(check: Any, timeout: float, what: str, procs: list[c.Proc], label: str) -> None:
+    """Wait for a phase's work to end; a timeout is logged, not raised (what did not finish counts as failed)."""
+    try:
+        c.wait_until(check, timeout, what, 0.2, procs)
+    except RuntimeError as exc:
+        if "timed out" not in str(exc):
+            raise
+        c.log(f"{label}: {exc}")
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
