@@ -115,12 +115,6 @@ def _context_from_row(row: Any) -> OrderContext:
     return OrderContext(_order_from_row(row), row.title, row.charge_ref, row.shipment_ref)
 
 
-def order_context(conn: Connection, order_id: int) -> OrderContext | None:
-    """The order, its book's title and its charge and shipment references, in one round trip."""
-    row = conn.execute(_context_query().where(orders.c.id == order_id)).first()
-    return _context_from_row(row) if row else None
-
-
 _LOCKED_SAGA_CONTEXT = FastStatement(
     _context_query().add_columns(sagas.c.kind.label("saga_kind"), sagas.c.status.label("saga_status"))
     .join(sagas, sagas.c.order_id == orders.c.id)

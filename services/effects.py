@@ -111,21 +111,15 @@ def _save_message(conn: Connection, c: StepContext, status: NotificationStatus, 
                            text=message_text(c), status=status.value, error=error, message_ref=ref)
 
 
-def load_context(conn: Connection, saga_id: int, step: str, order_id: int) -> StepContext:
-    """Read what step `step` of saga `saga_id` needs for its provider call."""
-    found = repo.order_context(conn, order_id)
-    assert found is not None, f"saga {saga_id} has no order {order_id}"
-    return step_context(saga_id, step, found)
-
-
 def step_context(saga_id: int, step: str, found: repo.OrderContext) -> StepContext:
+    """What step `step` of saga `saga_id` needs for its provider call, from its order's context."""
     return StepContext(saga_id=saga_id, step=step, order=found.order, title=found.title,
                        charge_ref=found.charge_ref, shipment_ref=found.shipment_ref)
 
 
 def follow_context(c: StepContext, step: str, order: Order, reply: ProviderReply | None) -> StepContext:
     """The context of `step`, claimed in the transaction that recorded step c.step (reply: c's successful
-    answer, or None): the same as load_context would read there, since record_success just wrote the reference."""
+    answer, or None): what the claim would read there, since record_success has just written the reference."""
     charge_ref, shipment_ref = c.charge_ref, c.shipment_ref
     if reply is not None and c.step == "pay":
         charge_ref = reply.reference
