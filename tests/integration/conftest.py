@@ -107,8 +107,18 @@ def build_stack(tmp: Path, backend: str, admin_url: str, **overrides: str) -> It
                 keys = list(client.scan_iter(pattern))
                 if keys:
                     client.delete(*keys)
+            _forget_unacked(client, queue)
         if drop:
             drop()
+
+
+def _forget_unacked(client: redis.Redis, queue: str) -> None:
+    """Drop kombu's records of this queue's messages that a killed worker left unacknowledged (a shared hash)."""
+    for tag, raw in client.hscan_iter("unacked"):
+        with contextlib.suppress(ValueError, IndexError, TypeError):
+            if json.loads(raw)[2] == queue:
+                client.hdel("unacked", tag)
+                client.zrem("unacked_index", tag)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
