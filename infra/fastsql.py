@@ -7,14 +7,17 @@ the statement runs through SQLAlchemy as usual, so both paths are exercised by t
 
 Only for statements that need nothing of SQLAlchemy at execution time on PostgreSQL: UPDATEs and SELECTs with
 plain bound parameters (no Python-side column defaults, no expanding IN lists) whose types psycopg converts the
-same way (timestamps with time zone come back aware, as UtcDateTime makes them).
+same way (timestamps with time zone come back aware, as UtcDateTime makes them). Errors are raised as
+SQLAlchemy's own exceptions, with a dropped connection invalidated, as SQLAlchemy does.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import psycopg
 from psycopg.rows import namedtuple_row
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ClauseElement
 
@@ -39,8 +42,23 @@ class FastStatement:
         raw = conn.connection.driver_connection
         assert raw is not None
         cursor = raw.cursor(row_factory=namedtuple_row)
-        cursor.execute(self._sql, {**self._defaults, **params})
+        values = {**self._defaults, **params}
+        try:
+            cursor.execute(self._sql, values)
+        except psycopg.Error as exc:
+            raise _as_sqlalchemy_error(conn, exc, self._sql, values, cursor) from exc
         return _Rows(cursor)
+
+
+def _as_sqlalchemy_error(conn: Connection, exc: psycopg.Error, sql: str, values: Mapping[str, Any],
+                         cursor: Any) -> sa_exc.StatementError:
+    """What SQLAlchemy would have raised: callers keep catching sqlalchemy.exc (IntegrityError, the API's
+    OperationalError -> 503), and a connection the database dropped is invalidated, not handed out again."""
+    disconnect = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)  # type: ignore[arg-type]
+    if disconnect:
+        conn.invalidate(exc)
+    return sa_exc.DBAPIError.instance(sql, dict(values), exc, psycopg.Error, connection_invalidated=disconnect,
+                                      dialect=conn.dialect)
 
 
 class _Rows:

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from domain.model import Order, utcnow
 from infra import repository as repo
@@ -104,3 +105,28 @@ def test_skip_open_steps_leaves_running_and_finished_steps_alone(db: Database) -
         statuses = {r.name: r.status for r in repo.saga_step_rows(conn, saga.id)}
     assert statuses == {"pay": "RUNNING", "confirm": "SUCCEEDED", "ship": "SKIPPED", "mark_shipped": "SKIPPED",
                         "notify": "SKIPPED"}
+
+
+def test_a_dropped_connection_raises_sqlalchemy_errors_and_the_next_transaction_gets_a_fresh_one(
+        postgres_server: str) -> None:
+    url, drop = create_pg_database(postgres_server)
+    try:
+        upgrade(url)
+        db = Database.from_url(url)
+        saga = new_saga(db)
+        with pytest.raises(sa.exc.OperationalError) as caught:  # what the API answers 503 for
+            with db.transaction() as conn:
+                pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+                with db.engine.connect() as killer:
+                    killer.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+                repo.load_saga(conn, saga.id, lock=True)  # the fast path, on a connection the server dropped
+        assert caught.value.connection_invalidated
+        with pytest.raises(sa.exc.IntegrityError):  # a constraint error keeps its SQLAlchemy class too
+            with db.transaction() as conn:
+                assert repo.claim_step(conn, saga.id, "pay", 30, None) == 1
+                repo.close_step(conn, saga.id, "pay", 1, None, utcnow(), None)  # type: ignore[arg-type]
+        with db.transaction() as conn:  # both rolled back; a fresh connection claims the step
+            assert repo.claim_step(conn, saga.id, "pay", 30, None) == 1
+        db.dispose()
+    finally:
+        drop()
