@@ -59,12 +59,12 @@ class SharedBreakerStorage(pybreaker.CircuitRedisStorage):
             return
         try:
             state, counter = self._redis.mget(self._namespace("state"), self._namespace("fail_counter"))
+            if state is None:  # the keys are gone (Redis restarted empty): start again closed
+                self._initialize_redis_state(pybreaker.STATE_CLOSED)
         except redis.RedisError:
             log.warning("redis unreachable: breaker state falls back to closed")
             self._state, self._counter, self._read_at = pybreaker.STATE_CLOSED, 0, float("-inf")
             return
-        if state is None:  # the keys are gone (Redis restarted empty): start again closed
-            self._initialize_redis_state(pybreaker.STATE_CLOSED)
         self._state = pybreaker.STATE_CLOSED if state is None else (
             state.decode() if isinstance(state, bytes) else str(state))
         self._counter = int(counter or 0)
