@@ -41,6 +41,9 @@ class OrderSchema(Schema):
     reason = fields.String(allow_none=True)
     saga_id = fields.Integer(allow_none=True, metadata={"description": "the order saga"})
     sagas = fields.List(fields.Nested(SagaRefSchema), metadata={"description": "every saga of the order"})
+    needs_support = fields.Boolean(metadata={
+        "description": "a saga of this order is parked FAILED: nothing changes until support resolves it "
+                       "(the reason says why; a cancel waiting for support keeps the order's status)"})
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 

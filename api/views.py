@@ -46,6 +46,7 @@ def order_body(view: service.OrderView) -> dict[str, Any]:
         "id": order.id, "customer_id": order.customer_id, "book_id": order.book_id, "title": view.title,
         "qty": order.qty, "amount": cents(order.amount_cents), "amount_cents": order.amount_cents,
         "status": order.status.value, "reason": order.reason, "saga_id": view.saga_id, "sagas": view.sagas,
+        "needs_support": any(s["status"] == "FAILED" for s in view.sagas),
         "created_at": order.created_at, "updated_at": order.updated_at,
     }
 
@@ -61,7 +62,11 @@ class Orders(MethodView):
     @blp.arguments(OrderCreateSchema)
     @blp.response(202, OrderSchema, description="Accepted: the saga runs; poll the Location")
     @blp.alt_response(201, schema=OrderSchema, description="With `Prefer: wait=N`: paid within N seconds")
-    @blp.alt_response(402, description="With `Prefer: wait=N`: payment declined or failed (problem+json)")
+    @blp.alt_response(200, schema=OrderSchema,
+                      description="With `Prefer: wait=N`: the order ended otherwise within N seconds (cancelled, "
+                                  "e.g. refunded after a delivery refusal): the order as it is")
+    @blp.alt_response(402, description="With `Prefer: wait=N`: payment declined or failed, the order REJECTED "
+                                        "(problem+json with the order)")
     @blp.alt_response(409, description="Idempotency-Key reused for a different order")
     @blp.alt_response(422, description="Invalid input; the problem names the field")
     @blp.alt_response(503, description="Temporarily unable to take orders; see Retry-After")
@@ -90,13 +95,14 @@ class Orders(MethodView):
         return self._settled(view, headers)
 
     def _settled(self, view: service.OrderView, headers: dict[str, str]) -> Any:
+        """402 only when the payment failed (the order is REJECTED); any other ending is the order as it is."""
         status = view.order.status
-        if status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
+        if status is OrderStatus.REJECTED:
             body = OrderSchema().dump(order_body(view))
-            return problem(402, "Payment Required", f"order {view.order.id} was {status.value.lower()}: "
+            return problem(402, "Payment Required", f"order {view.order.id} was rejected: "
                            f"{view.order.reason or 'payment failed'}", headers, order=body)
-        code = 202 if status is OrderStatus.PENDING else 201
-        return order_body(view), code, headers
+        codes = {OrderStatus.PENDING: 202, OrderStatus.CANCELLED: 200}
+        return order_body(view), codes.get(status, 201), headers
 
 
 @blp.route(f"/orders/<{ID}:order_id>")

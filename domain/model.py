@@ -78,6 +78,10 @@ class Order:
         self.reason = reason if reason is not None else self.reason
         self.updated_at = utcnow()
 
+    def flag(self, reason: str) -> None:
+        """Say why the order is stuck where it is (a saga of it is parked for support); the status stays."""
+        self.reason = reason
+        self.updated_at = utcnow()
 
     def check_cancellable(self) -> None:
         """A rejected order was never established: there is nothing to cancel."""
@@ -112,12 +116,3 @@ class NotificationStatus(enum.StrEnum):
     SENT = "SENT"
     FAILED = "FAILED"
 
-
-def shipping_message(order_id: int, title: str) -> str:
-    """The text a customer receives when their order ships."""
-    return f"Your order #{order_id} ({title}) has shipped."
-
-
-def cancellation_message(order_id: int, title: str) -> str:
-    """The text a customer receives when their shipped order is cancelled and refunded."""
-    return f"Your order #{order_id} ({title}) has been cancelled and your payment refunded."

@@ -116,18 +116,32 @@ def _context_from_row(row: Any) -> OrderContext:
 
 
 _LOCKED_SAGA_CONTEXT = FastStatement(
-    _context_query().add_columns(sagas.c.kind.label("saga_kind"), sagas.c.status.label("saga_status"))
+    _context_query().add_columns(sagas.c.kind.label("saga_kind"), sagas.c.status.label("saga_status"),
+                                 sagas.c.cancel_requested.label("saga_cancel_requested"))
     .join(sagas, sagas.c.order_id == orders.c.id)
     .where(sagas.c.id == sa.bindparam("b_saga"))
     .with_for_update(of=sagas)
 )
 
 
-def locked_saga_context(conn: Connection, saga_id: int) -> tuple[str, str, OrderContext] | None:
-    """The saga's kind and status with its order's context, in one round trip; holds the saga row until the
-    transaction ends (PostgreSQL), which serializes claim, record and cancel."""
+@dataclass(frozen=True)
+class ClaimContext:
+    """What a claim reads under the saga lock: the saga's kind, status and cancel flag, and its order's context."""
+
+    kind: str
+    status: str
+    cancel_requested: bool
+    context: OrderContext
+
+
+def locked_saga_context(conn: Connection, saga_id: int) -> ClaimContext | None:
+    """The saga with its order's context, in one round trip; holds the saga row until the transaction ends
+    (PostgreSQL), which serializes claim, record and cancel. (The claim itself is a statement of its own, so it
+    sees the steps as they are once the lock is held.)"""
     row = _LOCKED_SAGA_CONTEXT.run(conn, {"b_saga": saga_id}).first()
-    return (row.saga_kind, row.saga_status, _context_from_row(row)) if row else None
+    if row is None:
+        return None
+    return ClaimContext(row.saga_kind, row.saga_status, bool(row.saga_cancel_requested), _context_from_row(row))
 
 
 def find_order_by_key(conn: Connection, key: str) -> Order | None:
@@ -221,6 +235,29 @@ def notification_page(conn: Connection, customer_id: int | None, offset: int, li
 
 
 # --- sagas -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """What the orchestrator and the executor read of a step row (not its timestamps, errors or references);
+    both database paths (SQLAlchemy and fastsql) return it."""
+
+    name: str
+    position: int
+    status: str
+    attempts: int
+    max_attempts: int
+    waited_s: float
+    outcome_unknown: bool
+    lease_until: datetime | None = None
+
+    @property
+    def state(self) -> StepState:
+        return StepState(self.name, StepStatus(self.status), self.attempts, self.waited_s, self.outcome_unknown)
+
+    def lease_expired(self, now: datetime) -> bool:
+        """RUNNING past its lease: the worker running it died or hung."""
+        return self.status == StepStatus.RUNNING.value and self.lease_until is not None and self.lease_until < now
+
+
 @dataclass
 class SagaRecord:
     """A saga row with its steps, as the orchestrator and the executor need it."""
@@ -231,17 +268,11 @@ class SagaRecord:
     status: SagaStatus
     cancel_requested: bool
     reason: str | None
-    steps: dict[str, Any]
+    steps: dict[str, StepRow]
 
     def state(self) -> SagaState:
-        return SagaState(
-            status=self.status,
-            cancel_requested=self.cancel_requested,
-            steps={
-                name: StepState(name, StepStatus(row.status), row.attempts, row.waited_s, row.outcome_unknown)
-                for name, row in self.steps.items()
-            },
-        )
+        return SagaState(status=self.status, cancel_requested=self.cancel_requested,
+                         steps={name: row.state for name, row in self.steps.items()})
 
 
 def create_saga(conn: Connection, definition: SagaDefinition, order_id: int, now: datetime,
@@ -262,25 +293,17 @@ def create_saga(conn: Connection, definition: SagaDefinition, order_id: int, now
                                        for row in steps])
     return SagaRecord(id=saga_id, kind=definition.kind, order_id=order_id, status=SagaStatus.RUNNING,
                       cancel_requested=False, reason=reason,
-                      steps={row["name"]: _NewStep(**row, outcome_unknown=False) for row in steps})
+                      steps={row["name"]: _new_step(row) for row in steps})
 
 
 _INSERT_SAGA = sagas.insert().returning(sagas.c.id)
 
 
-@dataclass(frozen=True)
-class _NewStep:
-    """A step row just inserted, with the attributes the executor reads from a loaded one."""
-
-    saga_id: int
-    name: str
-    position: int
-    status: str
-    attempts: int
-    max_attempts: int
-    created_at: datetime
-    waited_s: float
-    outcome_unknown: bool
+def _step_from_row(row: Any) -> StepRow:
+    """A StepRow from a result row, SQLAlchemy's or psycopg's (the two paths return the same columns)."""
+    return StepRow(name=row.name, position=row.position, status=row.status, attempts=row.attempts,
+                   max_attempts=row.max_attempts, waited_s=row.waited_s, outcome_unknown=row.outcome_unknown,
+                   lease_until=row.lease_until)
 
 
 def _step_row(saga_id: int, position: int, name: str, max_attempts: int, now: datetime) -> dict[str, Any]:
@@ -288,6 +311,12 @@ def _step_row(saga_id: int, position: int, name: str, max_attempts: int, now: da
         "saga_id": saga_id, "name": name, "position": position, "status": StepStatus.PENDING.value, "attempts": 0,
         "max_attempts": max_attempts, "created_at": now, "waited_s": 0.0,
     }
+
+
+def _new_step(row: dict[str, Any]) -> StepRow:
+    """The StepRow of a row just inserted."""
+    return StepRow(name=row["name"], position=row["position"], status=row["status"], attempts=row["attempts"],
+                   max_attempts=row["max_attempts"], waited_s=row["waited_s"], outcome_unknown=False)
 
 
 _SAGA_COLUMNS = (sagas.c.kind.label("saga_kind"), sagas.c.order_id.label("saga_order_id"),
@@ -305,20 +334,33 @@ _LOAD_SAGA_QUERY = (
     .where(sagas.c.id == sa.bindparam("b_saga"))
     .order_by(saga_steps.c.position)
 )
-_LOAD_SAGA_LOCKED = FastStatement(_LOAD_SAGA_QUERY.with_for_update(of=sagas))
 _LOAD_SAGA = FastStatement(_LOAD_SAGA_QUERY)
+_LOCK_SAGA = FastStatement(sa.select(sagas.c.id).where(sagas.c.id == sa.bindparam("b_saga")).with_for_update())
+
+
+def lock_saga(conn: Connection, saga_id: int) -> bool:
+    """Hold the saga row until the transaction ends (PostgreSQL): claim, record, cancel and recovery of one saga
+    run one at a time. False when there is no such saga."""
+    return _LOCK_SAGA.run(conn, {"b_saga": saga_id}).first() is not None
 
 
 def load_saga(conn: Connection, saga_id: int, lock: bool = False) -> SagaRecord | None:
-    """The saga and its steps in one round trip; lock=True holds the saga row until the transaction ends."""
-    rows = (_LOAD_SAGA_LOCKED if lock else _LOAD_SAGA).run(conn, {"b_saga": saga_id}).all()
+    """The saga and its steps in one round trip; lock=True first holds the saga row until the transaction ends.
+
+    The lock is its own statement: under READ COMMITTED a statement that waits for a row lock still returns
+    the other tables' rows as of its own start, so a load joined to the lock could miss the step changes of the
+    transaction it waited for (seen: a cancel that waited for a claim took `pay` for PENDING and ended the saga
+    while the charge was being made)."""
+    if lock and not lock_saga(conn, saga_id):
+        return None
+    rows = _LOAD_SAGA.run(conn, {"b_saga": saga_id}).all()
     if not rows:
         return None
     first = rows[0]
     return SagaRecord(
         id=saga_id, kind=first.saga_kind, order_id=first.saga_order_id, status=SagaStatus(first.saga_status),
         cancel_requested=first.saga_cancel_requested, reason=first.saga_reason,
-        steps={s.name: s for s in rows if s.name is not None},
+        steps={s.name: _step_from_row(s) for s in rows if s.name is not None},
     )
 
 
@@ -355,9 +397,9 @@ _CLAIM_STEP = FastStatement(
 )
 
 
-def claim_step(conn: Connection, saga_id: int, name: str, lease_s: float, task_id: str | None) -> int | None:
+def claim_step(conn: Connection, saga_id: int, name: str, now: datetime, lease_s: float,
+               task_id: str | None) -> int | None:
     """Compare-and-set PENDING|WAITING -> RUNNING; returns the attempt number, or None if someone else has it."""
-    now = utcnow()
     result = _CLAIM_STEP.run(conn, {"b_saga": saga_id, "b_name": name, "b_now": now,
                                     "b_lease": now + timedelta(seconds=lease_s), "b_task": task_id}).first()
     return int(result[0]) if result else None
@@ -433,12 +475,12 @@ def open_claimed_step(conn: Connection, saga_id: int, name: str, position: int, 
 
 
 def open_step(conn: Connection, saga_id: int, name: str, position: int, max_attempts: int,
-              available_at: datetime, dispatch_now: bool) -> None:
-    """Make step `name` PENDING and due at available_at (inserting its row for a first compensation)."""
-    dispatched_at = utcnow() if dispatch_now else None
+              available_at: datetime, dispatched_at: datetime | None) -> None:
+    """Make step `name` PENDING and due at available_at, sent at dispatched_at when the caller publishes it now
+    (inserting its row for a first compensation)."""
     params = {"b_saga": saga_id, "b_name": name, "b_available": available_at, "b_dispatched": dispatched_at}
     if _OPEN_STEP.run(conn, params).rowcount == 0:
-        conn.execute(saga_steps.insert(), {**_step_row(saga_id, position, name, max_attempts, utcnow()),
+        conn.execute(saga_steps.insert(), {**_step_row(saga_id, position, name, max_attempts, available_at),
                                            "status": StepStatus.PENDING.value, "available_at": available_at,
                                            "dispatched_at": dispatched_at, "finished_at": None})
 

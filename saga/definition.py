@@ -50,6 +50,11 @@ class SagaDefinition:
     steps: tuple[Step, ...]
     compensations: tuple[Step, ...] = ()
     compensate_on_failure: bool = True  # False: a step failed for good parks the saga FAILED for a person
+    # A best-effort step of the compensating phase that runs once everything is undone (telling the customer
+    # how the order ended); the saga is COMPENSATED after it, whatever its outcome.
+    closing: str | None = None
+    # What the customer is told at each ending, by name; placeholders {order_id}, {title}, {amount}.
+    messages: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_definition(self)
@@ -66,7 +71,12 @@ class SagaDefinition:
         raise KeyError(name)
 
     def is_compensation(self, name: str) -> bool:
+        """True for the steps of the compensating phase: the compensations and the closing step."""
         return any(c.name == name for c in self.compensations)
+
+    @property
+    def all_steps(self) -> tuple[Step, ...]:
+        return self.steps + self.compensations
 
     def with_policies(self, policies: Mapping[str, Mapping[str, float]]) -> SagaDefinition:
         """The same definition with retry settings and longest waits overridden per step name."""
@@ -103,6 +113,17 @@ def check_definition(definition: SagaDefinition) -> None:
     for comp in definition.compensations:
         if comp.is_local or comp.compensation:
             raise DefinitionError(f"compensation {comp.name!r} must call a provider and cannot itself be undone")
+    _check_closing(definition, compensations)
+
+
+def _check_closing(definition: SagaDefinition, compensations: set[str]) -> None:
+    closing = definition.closing
+    if closing is None:
+        return
+    if closing not in compensations or not definition.step(closing).best_effort:
+        raise DefinitionError(f"{definition.kind}: closing step {closing!r} must be a best-effort compensation")
+    if any(s.compensation == closing for s in definition.steps):
+        raise DefinitionError(f"{definition.kind}: closing step {closing!r} cannot also undo a step")
 
 
 def _check_step(kind: str, step: Step, compensations: set[str]) -> None:

@@ -178,16 +178,23 @@ def _on_failure(definition: SagaDefinition, state: SagaState, event: StepFailed)
         return [RunStep(step.name, step.retry.delay(attempts, event.jitter))]  # same key: also learns the truth
     failed = state.with_step(step.name, StepStatus.FAILED)
     reason = f"{step.name} failed: {event.error}"
+    if step.best_effort:
+        return _after_best_effort(definition, failed, step.name)
     if definition.is_compensation(step.name):
         return [FinishSaga(SagaStatus.FAILED, reason)]
-    if step.best_effort:
-        return _forward(definition, failed, step.name)
     if uncertain:  # it may have happened and we hold no reference to undo it: a person decides
         return [FinishSaga(SagaStatus.FAILED, f"{step.name} outcome unknown after {attempts} attempts: "
                                               f"{event.error}")]
     if not definition.compensate_on_failure:
         return [FinishSaga(SagaStatus.FAILED, reason)]
     return _compensate(definition, failed, reason)
+
+
+def _after_best_effort(definition: SagaDefinition, state: SagaState, name: str) -> list[Command]:
+    """A best-effort step that failed for good changes nothing: the saga goes on as if it had succeeded."""
+    if definition.is_compensation(name):
+        return _next_compensation(definition, state, reason=None)
+    return _forward(definition, state, name)
 
 
 def _on_blocked(definition: SagaDefinition, state: SagaState, event: StepBlocked) -> list[Command]:
@@ -212,11 +219,15 @@ def _compensate(definition: SagaDefinition, state: SagaState, reason: str | None
 
 
 def _next_compensation(definition: SagaDefinition, state: SagaState, reason: str | None) -> list[Command]:
-    """Undo the latest completed step not yet undone; when none is left the saga is COMPENSATED."""
+    """Undo the latest completed step not yet undone; when none is left, run the closing step (once), then the
+    saga is COMPENSATED."""
     for step in reversed(definition.steps):
         comp = step.compensation
         if comp and state.step(step.name).status is StepStatus.SUCCEEDED and state.step(comp).status not in (
             StepStatus.COMPENSATED,
         ):
             return [RunStep(comp)]
+    closing = definition.closing
+    if closing is not None and state.step(closing).status not in (StepStatus.COMPENSATED, StepStatus.FAILED):
+        return [RunStep(closing)]
     return [FinishSaga(SagaStatus.COMPENSATED, reason)]

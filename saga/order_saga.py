@@ -11,7 +11,11 @@ PROVIDERS = (PAYMENT, DELIVERY, MESSAGING)
 REFUND = Step("cancel_payment", provider=PAYMENT, can_undo=False, retry=RetryPolicy(max_attempts=8))
 CANCEL_DELIVERY = Step("cancel_delivery", provider=DELIVERY, can_undo=False, retry=RetryPolicy(max_attempts=8))
 
-# The order: charge, confirm, ship, mark shipped, tell the customer.
+NOTIFY_OUTCOME = Step("notify_outcome", provider=MESSAGING, can_undo=False, best_effort=True,
+                      retry=RetryPolicy(max_attempts=8, cap_s=30.0))
+
+# The order: charge, confirm, ship, mark shipped, tell the customer. Undone in reverse; the customer hears how
+# an undone order ended.
 ORDER_SAGA = SagaDefinition(
     kind="order",
     version=1,
@@ -23,8 +27,27 @@ ORDER_SAGA = SagaDefinition(
         Step("notify", provider=MESSAGING, can_undo=False, best_effort=True,
              retry=RetryPolicy(max_attempts=8, cap_s=30.0)),
     ),
-    compensations=(REFUND, CANCEL_DELIVERY),
+    compensations=(REFUND, CANCEL_DELIVERY, NOTIFY_OUTCOME),
+    closing=NOTIFY_OUTCOME.name,
+    messages={
+        "shipped": "Your order #{order_id} ({title}) has shipped.",
+        "not_paid": "Your order #{order_id} ({title}) was not placed: the payment did not go through. "
+                    "You have not been charged.",
+        "refunded": "Your order #{order_id} ({title}) could not be completed. Your payment of {amount} has been "
+                    "refunded.",
+        "cancelled": "Your order #{order_id} ({title}) has been cancelled as you asked. You have not been charged.",
+        "cancelled_refunded": "Your order #{order_id} ({title}) has been cancelled as you asked. Your payment of "
+                              "{amount} has been refunded.",
+    },
 )
+
+
+def order_ending(cancel_requested: bool, charged: bool) -> str:
+    """Which of the order saga's messages tells how an undone order ended."""
+    if cancel_requested:
+        return "cancelled_refunded" if charged else "cancelled"
+    return "refunded" if charged else "not_paid"
+
 
 # Cancelling an order whose saga already completed: undo the shipment, refund, mark it, tell the customer.
 # Nothing here can be undone; a step that fails for good parks the saga FAILED for support.
@@ -39,6 +62,8 @@ CANCEL_SAGA = SagaDefinition(
              retry=RetryPolicy(max_attempts=8, cap_s=30.0)),
     ),
     compensate_on_failure=False,
+    messages={"cancelled_refunded": "Your order #{order_id} ({title}) has been cancelled and your payment of "
+                                    "{amount} refunded."},
 )
 
 DEFINITIONS: dict[str, SagaDefinition] = {d.kind: d for d in (ORDER_SAGA, CANCEL_SAGA)}
@@ -49,8 +74,11 @@ def definition_for(kind: str) -> SagaDefinition:
     return DEFINITIONS[kind]
 
 
-def order_outcome(kind: str, saga: SagaStatus, cancel_requested: bool, confirmed: bool) -> OrderStatus | None:
-    """The order status an ended saga leaves: None when the order keeps the status its steps gave it."""
+def order_outcome(kind: str, saga: SagaStatus, cancel_requested: bool, current: OrderStatus) -> OrderStatus | None:
+    """The order status an undone order saga leaves (None: the order keeps the status its steps gave it): a
+    cancel, or a failure after the order was confirmed, cancels it; a failure before that rejects it."""
+    if current.is_final:
+        return None
     if kind == ORDER_SAGA.kind and saga is SagaStatus.COMPENSATED:
-        return OrderStatus.CANCELLED if cancel_requested or confirmed else OrderStatus.REJECTED
+        return OrderStatus.CANCELLED if cancel_requested or current is not OrderStatus.PENDING else OrderStatus.REJECTED
     return None

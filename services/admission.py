@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 from domain.errors import Overloaded
 from infra import repository as repo
-from saga.order_saga import PAYMENT
+from saga.order_saga import ORDER_SAGA, PAYMENT
 from services.runtime import Runtime
 
 CHECK_EVERY_S = 0.25  # one look at the breaker and the backlog per process per quarter second
+PAYMENT_STEP = next(s.name for s in ORDER_SAGA.steps if s.provider == PAYMENT)  # the order saga's charge
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def judge(rt: Runtime) -> Verdict:
             return Verdict(False, state.retry_after_s, "payment is unavailable right now")
     limit = rt.settings.admission_max_waiting_payments
     with rt.db.reading() as conn:
-        waiting = repo.count_open_steps(conn, "pay", limit + 1)
+        waiting = repo.count_open_steps(conn, PAYMENT_STEP, limit + 1)
     if waiting > limit:
         return Verdict(False, rt.settings.admission_retry_after_s, f"over {limit} orders are waiting for payment")
     return Verdict(True)

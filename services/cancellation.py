@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Connection
 
 from domain.errors import OrderNotFound, SagaNeedsSupport
-from domain.model import Order, OrderStatus, utcnow
+from domain.model import Order, OrderStatus
 from infra import repository as repo
 from saga.orchestrator import CancelRequested, SagaStatus
 from saga.order_saga import CANCEL_SAGA, ORDER_SAGA
@@ -40,7 +40,10 @@ def _cancel(rt: Runtime, conn: Connection, order_id: int, reason: str) -> list[D
     if order.status is OrderStatus.CANCELLED:
         return []
     sagas = repo.sagas_of_order(conn, order_id)
-    if any(s.kind == CANCEL_SAGA.kind for s in sagas):
+    cancel_saga = next((s for s in sagas if s.kind == CANCEL_SAGA.kind), None)
+    if cancel_saga is not None:
+        if cancel_saga.status == SagaStatus.FAILED:
+            raise SagaNeedsSupport(cancel_saga.id)  # the cancel is stuck: repeating it would change nothing
         return []  # a cancel saga already carries this cancel
     order_saga = next(s for s in sagas if s.kind == ORDER_SAGA.kind)
     return _cancel_order_saga(rt, conn, order, order_saga.id, reason)
@@ -57,10 +60,9 @@ def _cancel_order_saga(rt: Runtime, conn: Connection, order: Order, saga_id: int
         return []  # already cancelling or compensating: the running compensation finishes the job
     repo.update_saga(conn, saga_id, cancel_requested=True, reason=reason)
     saga.cancel_requested, saga.reason = True, reason
-    return Executor(conn, saga, utcnow(), rt.definitions).handle(CancelRequested(reason))
+    return Executor(conn, saga, rt.clock(), rt).handle(CancelRequested(reason))
 
 
 def _start_cancel_saga(rt: Runtime, conn: Connection, order: Order, reason: str) -> list[Dispatch]:
     assert order.id is not None
-    now = utcnow()
-    return start_saga(conn, rt.definitions[CANCEL_SAGA.kind], order.id, now, rt.definitions, reason)[1]
+    return start_saga(conn, rt, rt.definitions[CANCEL_SAGA.kind], order.id, rt.clock(), reason)[1]

@@ -7,7 +7,6 @@ the commit.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -33,8 +32,8 @@ from saga.orchestrator import (
     WaitStep,
     decide,
 )
-from saga.order_saga import DEFINITIONS, order_outcome
-from services.effects import LOCAL_STEPS
+from saga.order_saga import order_outcome
+from services.runtime import Runtime
 
 Dispatch = tuple[int, str]
 
@@ -51,13 +50,13 @@ class InlineClaim:
 class Executor:
     """Applies commands for one saga within one transaction; collects the dispatches to publish after commit."""
 
-    def __init__(self, conn: Connection, saga: SagaRecord, now: datetime,
-                 definitions: Mapping[str, SagaDefinition] = DEFINITIONS, order: Order | None = None,
+    def __init__(self, conn: Connection, saga: SagaRecord, now: datetime, rt: Runtime, order: Order | None = None,
                  inline: InlineClaim | None = None) -> None:
         self.conn = conn
         self.saga = saga
         self.order = order  # the saga's order as read under the saga lock, when the caller has it
-        self.definition: SagaDefinition = definitions[saga.kind]
+        self.definition: SagaDefinition = rt.definitions[saga.kind]
+        self.table = rt.steps
         self.state: SagaState = saga.state()
         self.now = now
         self.dispatches: list[Dispatch] = []
@@ -91,8 +90,10 @@ class Executor:
 
     def _run(self, command: RunStep) -> list[Command]:
         step = self.definition.step(command.step)
-        if step.name in LOCAL_STEPS:
+        if step.is_local:
             return self._run_local(step.name)
+        if step.name == self.definition.closing:  # everything is undone: the order takes its final status now
+            self._settle_order(SagaStatus.COMPENSATED, self.saga.reason)
         position = self._position(step.name)
         due = self.now + timedelta(seconds=command.delay_s)
         immediate = command.delay_s <= 0
@@ -102,7 +103,8 @@ class Executor:
             self.claimed = (step.name, number)
             self.state = self.state.with_step(step.name, StepStatus.RUNNING)
             return []
-        repo.open_step(self.conn, self.saga.id, step.name, position, step.retry.max_attempts, due, immediate)
+        repo.open_step(self.conn, self.saga.id, step.name, position, step.retry.max_attempts, due,
+                       self.now if immediate else None)
         self.state = self.state.with_step(step.name, StepStatus.PENDING)
         if immediate:
             self.dispatches.append((self.saga.id, step.name))
@@ -112,7 +114,9 @@ class Executor:
         """Change the order as the local step says, record the step, and decide what follows it."""
         attempts = self.state.step(name).attempts + 1
         try:
-            self._set_order_status(LOCAL_STEPS[name], self.saga.reason)
+            status = self.table[name].sets_order
+            assert status is not None, f"local step {name} sets no order status"
+            self._set_order_status(status, self.saga.reason)
         except DomainError as exc:
             repo.finish_local_step(self.conn, self.saga.id, name, StepStatus.FAILED.value, attempts, self.now,
                                    str(exc))
@@ -154,29 +158,41 @@ class Executor:
         if command.reason is not None:
             values["reason"] = command.reason
         repo.update_saga(self.conn, self.saga.id, **values)
-        confirmed = self.state.step("confirm").status is StepStatus.SUCCEEDED
-        outcome = order_outcome(self.definition.kind, command.status, self.state.cancel_requested, confirmed)
-        if outcome is not None:
-            self._set_order_status(outcome, command.reason or self.saga.reason)
+        reason = command.reason or self.saga.reason
+        if command.status is SagaStatus.FAILED:
+            self._order().flag(f"{self.definition.kind} saga {self.saga.id} is parked for support: {reason}")
+            repo.save_order_status(self.conn, self._order())
+        self._settle_order(command.status, reason)
         self.state = replace(self.state, status=command.status)
 
+    def _settle_order(self, saga_status: SagaStatus, reason: str | None) -> None:
+        """Give the order the status the saga's ending leaves it in, if any."""
+        outcome = order_outcome(self.definition.kind, saga_status, self.state.cancel_requested,
+                                self._order().status)
+        if outcome is not None:
+            self._set_order_status(outcome, reason)
+
+    def _order(self) -> Order:
+        if self.order is None:
+            self.order = repo.get_order(self.conn, self.saga.order_id)
+        assert self.order is not None
+        return self.order
+
     def _set_order_status(self, status: OrderStatus, reason: str | None = None) -> None:
-        order = self.order or repo.get_order(self.conn, self.saga.order_id)
-        assert order is not None
+        order = self._order()
+        if order.status is status:
+            return
         order.move_to(status, reason)
-        self.order = order
         repo.save_order_status(self.conn, order)
 
     def _position(self, name: str) -> int:
         row = self.saga.steps.get(name)
         if row is not None:
             return int(row.position)
-        names = self.definition.step_names + tuple(c.name for c in self.definition.compensations)
-        return names.index(name)
+        return [s.name for s in self.definition.all_steps].index(name)
 
 
-def start_saga(conn: Connection, definition: SagaDefinition, order_id: int, now: datetime,
-               definitions: Mapping[str, SagaDefinition] = DEFINITIONS,
+def start_saga(conn: Connection, rt: Runtime, definition: SagaDefinition, order_id: int, now: datetime,
                reason: str | None = None) -> tuple[SagaRecord, list[Dispatch]]:
     """Create a saga and carry out the orchestrator's first decision; returns it and the dispatches to publish.
 
@@ -184,11 +200,11 @@ def start_saga(conn: Connection, definition: SagaDefinition, order_id: int, now:
     fewer per order); any other goes through the executor."""
     commands = decide(definition, SagaState(SagaStatus.RUNNING, {}), Started())
     first = commands[0] if len(commands) == 1 and isinstance(commands[0], RunStep) else None
-    if first is not None and first.delay_s <= 0 and first.step not in LOCAL_STEPS:
+    if first is not None and first.delay_s <= 0 and not definition.step(first.step).is_local:
         saga = repo.create_saga(conn, definition, order_id, now, reason, dispatched=first.step)
         return saga, [(saga.id, first.step)]
     saga = repo.create_saga(conn, definition, order_id, now, reason)
-    return saga, Executor(conn, saga, now, definitions).handle(Started())
+    return saga, Executor(conn, saga, now, rt).handle(Started())
 
 
 def jitter() -> float:

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy.exc
 
 from domain.errors import IdempotencyConflict, OrderNotFound, SagaNotFound, UnknownBook
-from domain.model import Book, Order, OrderStatus, check_quantity, utcnow
+from domain.model import Book, Order, OrderStatus, check_quantity
 from infra import repository as repo
 from saga.order_saga import ORDER_SAGA
 from services.executor import start_saga
@@ -59,14 +59,14 @@ def place_order(rt: Runtime, cmd: PlaceOrder, admit: Callable[[], None] | None =
 
 
 def _insert(rt: Runtime, cmd: PlaceOrder) -> tuple[PlacedOrder, list[tuple[int, str]]]:
-    now = utcnow()
+    now = rt.clock()
     with rt.db.transaction() as conn:
         book = repo.get_book(conn, cmd.book_id)
         if book is None:
             raise UnknownBook(cmd.book_id)
         order = Order.place(cmd.customer_id, book, cmd.qty)
         order_id = repo.add_order(conn, order, cmd.idempotency_key)
-        saga, dispatches = start_saga(conn, rt.definitions[ORDER_SAGA.kind], order_id, now, rt.definitions)
+        saga, dispatches = start_saga(conn, rt, rt.definitions[ORDER_SAGA.kind], order_id, now)
         saga_id = saga.id
         repo.add_customer_order(conn, order, book.title, saga_id)
     view = OrderView(order, saga_id, book.title, ({"id": saga_id, "kind": ORDER_SAGA.kind, "status": "RUNNING"},))

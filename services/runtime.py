@@ -1,11 +1,13 @@
 """What a service call needs from the outside world, built once per process by an entrypoint."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from celery import Celery
 
+from domain.model import utcnow
 from infra.breakers import BreakerPolicy, Breakers
 from infra.broker import Publisher, make_celery
 from infra.config import Settings
@@ -14,7 +16,7 @@ from infra.providers import Providers
 from infra.redis_client import redis_from_url
 from saga.definition import SagaDefinition
 from saga.order_saga import DEFINITIONS, PROVIDERS
-from services.effects import ACTIONS, Action
+from services.effects import STEP_EFFECTS, StepEffects, check_step_table
 
 
 @dataclass
@@ -25,7 +27,8 @@ class Runtime:
     publisher: Publisher
     definitions: Mapping[str, SagaDefinition] = field(default_factory=lambda: dict(DEFINITIONS))
     breakers: Breakers | None = None
-    actions: Mapping[str, Action] = field(default_factory=lambda: dict(ACTIONS))
+    steps: Mapping[str, StepEffects] = field(default_factory=lambda: dict(STEP_EFFECTS))
+    clock: Callable[[], datetime] = utcnow  # every service reads the time here, so tests can move it
 
     def close(self) -> None:
         self.db.dispose()
@@ -48,7 +51,8 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
 
 
 def configured_definitions(policies: Mapping[str, Mapping[str, float]]) -> dict[str, SagaDefinition]:
-    """The saga definitions with step policies from configuration ("*" applies to every step not named)."""
+    """The saga definitions with step policies from configuration ("*" applies to every step not named), each
+    checked against the step table: a step the table lacks stops the process here, naming the step."""
     unknown = {k for p in policies.values() for k in p} - {"max_attempts", "base_s", "cap_s", "max_wait_s"}
     if unknown:
         raise ValueError(f"STEP_POLICIES: unknown setting(s) {sorted(unknown)}")
@@ -57,6 +61,7 @@ def configured_definitions(policies: Mapping[str, Mapping[str, float]]) -> dict[
         names = [s.name for s in definition.steps + definition.compensations]
         chosen = {name: {**policies.get("*", {}), **policies.get(name, {})} for name in names}
         result[kind] = definition.with_policies({name: p for name, p in chosen.items() if p})
+    check_step_table(result.values(), STEP_EFFECTS)
     return result
 
 

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
-from domain.model import utcnow
 from infra import repository as repo
 from infra.breakers import ProviderBlocked
 from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, ProviderReply
 from saga.definition import SagaDefinition
 from saga.orchestrator import Event, SagaStatus, StepBlocked, StepFailed, StepStatus, StepSucceeded
-from services.effects import StepContext, follow_context, record_failure, record_success, step_context
+from services.effects import StepContext, follow_context, step_context
 from services.executor import Dispatch, Executor, InlineClaim, jitter
 from services.runtime import Runtime
 
@@ -53,16 +52,16 @@ def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt 
         found = repo.locked_saga_context(conn, saga_id)
         if found is None:
             return None
-        kind, saga_status, context = found
-        definition = rt.definitions[kind]
-        if saga_status != _phase(definition, step):
+        definition = rt.definitions[found.kind]
+        if found.status != _phase(definition, step):
             return None
-        number = repo.claim_step(conn, saga_id, step, rt.settings.step_lease_s, task_id)
+        number = repo.claim_step(conn, saga_id, step, rt.clock(), rt.settings.step_lease_s, task_id)
         if number is None:
             return None
         provider = definition.step(step).provider
         assert provider is not None, f"{step} calls no provider"
-        return Attempt(step_context(saga_id, step, context), number, provider)
+        context = step_context(definition, rt.steps, saga_id, step, found.context, found.cancel_requested)
+        return Attempt(context, number, provider)
 
 
 def _phase(definition: SagaDefinition, step: str) -> str:
@@ -71,7 +70,8 @@ def _phase(definition: SagaDefinition, step: str) -> str:
 
 def perform(rt: Runtime, context: StepContext, provider: str) -> tuple[Event, object]:
     """Call the step's provider through its breaker and translate the answer into an orchestrator event."""
-    action = rt.actions[context.step]
+    action = rt.steps[context.step].call
+    assert action is not None, f"{context.step} calls no provider"
     try:
         if rt.breakers is None:
             reply = action(rt.providers, context)
@@ -96,7 +96,7 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object, inline: b
     """In one transaction: the step's outcome, its domain change and the orchestrator's next commands; and,
     when `inline`, the claim of this saga's next step for the caller to run (so it is not published)."""
     ctx = attempt.context
-    now = utcnow()
+    now = rt.clock()
     with rt.db.transaction() as conn:
         saga = repo.load_saga(conn, ctx.saga_id, lock=True)
         assert saga is not None
@@ -108,16 +108,18 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object, inline: b
                         attempt.number)
             return [], None
         claim = InlineClaim(task_id, rt.settings.step_lease_s) if inline else None
-        executor = Executor(conn, saga, now, rt.definitions, order=ctx.order, inline=claim)
+        executor = Executor(conn, saga, now, rt, order=ctx.order, inline=claim)
         dispatches = executor.handle(event, outcome)
-        _record_effects(conn, executor, ctx, event, reply)
+        _record_effects(conn, rt, executor, ctx, event, reply)
         if executor.claimed is None:
             return dispatches, None
         name, number = executor.claimed
         provider = definition.step(name).provider
         assert provider is not None, f"{name} calls no provider"
         succeeded = reply if isinstance(event, StepSucceeded) and isinstance(reply, ProviderReply) else None
-        return dispatches, Attempt(follow_context(ctx, name, executor.order or ctx.order, succeeded), number, provider)
+        following = follow_context(definition, rt.steps, ctx, name, executor.order or ctx.order,
+                                   executor.state.cancel_requested, succeeded)
+        return dispatches, Attempt(following, number, provider)
 
 
 def _outcome(is_compensation: bool, event: Event) -> StepStatus:
@@ -146,13 +148,16 @@ def _reference(reply: object) -> str | None:
     return getattr(reply, "reference", None) or None
 
 
-def _record_effects(conn: Connection, executor: Executor, ctx: StepContext, event: Event, reply: object) -> None:
+def _record_effects(conn: Connection, rt: Runtime, executor: Executor, ctx: StepContext, event: Event,
+                    reply: object) -> None:
+    """What the step's outcome writes, as its entry in the step table says."""
+    effects = rt.steps[ctx.step]
     if isinstance(event, StepSucceeded):
         assert isinstance(reply, ProviderReply)
-        record_success(conn, ctx, reply)
+        effects.on_success(conn, ctx, reply)
         return
     final = executor.state.step(ctx.step).status is StepStatus.FAILED
-    record_failure(conn, ctx, _error(event, reply) or "", final, isinstance(reply, PaymentDeclined))
+    effects.on_failure(conn, ctx, _error(event, reply) or "", final, isinstance(reply, PaymentDeclined))
 
 
 def publish(rt: Runtime, dispatches: Sequence[Dispatch]) -> None:

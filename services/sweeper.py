@@ -5,7 +5,6 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from domain.model import utcnow
 from infra import repository as repo
 from saga.orchestrator import FinishSaga, SagaStatus, StepFailed, StepStatus
 from services.executor import Dispatch, Executor, jitter
@@ -27,7 +26,7 @@ class SweepReport:
 def sweep(rt: Runtime) -> SweepReport:
     """One pass: recover expired leases, then publish every due and unsent step."""
     recovered, parked = 0, 0
-    now = utcnow()
+    now = rt.clock()
     with rt.db.reading() as conn:
         expired = repo.expired_leases(conn, now, BATCH)
     for saga_id, step in expired:
@@ -42,7 +41,7 @@ def sweep(rt: Runtime) -> SweepReport:
 
 def dispatch_due(rt: Runtime) -> int:
     """Publish due steps that were never sent, or were sent so long ago that the message was surely lost."""
-    now = utcnow()
+    now = rt.clock()
     with rt.db.transaction() as conn:
         due = repo.due_dispatches(conn, now, now - timedelta(seconds=rt.settings.redispatch_after_s), BATCH)
         repo.mark_dispatched(conn, due, now)
@@ -52,18 +51,18 @@ def dispatch_due(rt: Runtime) -> int:
 
 def recover(rt: Runtime, saga_id: int, step: str) -> str:
     """A step RUNNING past its lease counts as a failed attempt; a saga recovered too often is parked FAILED."""
-    now = utcnow()
+    now = rt.clock()
     dispatches: list[Dispatch] = []
     with rt.db.transaction() as conn:
         saga = repo.load_saga(conn, saga_id, lock=True)
         row = saga.steps.get(step) if saga else None
-        if saga is None or row is None or not _lease_expired(row, now):
+        if saga is None or row is None or not row.lease_expired(now):
             return "gone"
         recoveries = (repo.saga_row(conn, saga_id).recoveries or 0) + 1
         error = f"lease expired: the worker running attempt {row.attempts} was lost"
         repo.close_step(conn, saga_id, step, row.attempts, StepStatus.FAILED.value, now, error, outcome_unknown=True)
         repo.update_saga(conn, saga_id, recoveries=recoveries)
-        executor = Executor(conn, saga, now, rt.definitions)
+        executor = Executor(conn, saga, now, rt)
         if recoveries > rt.settings.max_recoveries:
             reason = f"parked after {recoveries} recoveries: {error} (step {step})"
             executor.run([FinishSaga(SagaStatus.FAILED, reason)])
@@ -73,7 +72,3 @@ def recover(rt: Runtime, saga_id: int, step: str) -> str:
     publish(rt, dispatches)
     return "recovered"
 
-
-def _lease_expired(row: object, now: object) -> bool:
-    lease_until = getattr(row, "lease_until", None)
-    return getattr(row, "status", None) == StepStatus.RUNNING.value and lease_until is not None and lease_until < now

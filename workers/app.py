@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from celery import Celery, Task
@@ -12,9 +13,9 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from infra.broker import make_celery, task_name
 from infra.config import Settings
 from infra.providers import ProviderReply
-from saga.order_saga import DEFINITIONS
-from services.effects import ACTIONS, Action
-from services.runtime import Runtime, build_runtime
+from saga.definition import SagaDefinition
+from services.effects import StepEffects
+from services.runtime import Runtime, build_runtime, configured_definitions
 from services.steps import run_step
 from services.sweeper import sweep
 from workers.sweeper_loop import SweeperLoop
@@ -33,42 +34,40 @@ class _Holder:
     def get(self) -> Runtime:
         if self.runtime is None:
             self.runtime = build_runtime(self.settings, self.celery)
-            self.runtime.actions = poisoned(self.runtime.actions, self.settings.chaos_poison_steps)
+            self.runtime.steps = poisoned(self.runtime.steps, self.settings.chaos_poison_steps)
         return self.runtime
 
     def reset(self, **_: Any) -> None:
         self.runtime = None
 
 
-def poisoned(actions: Mapping[str, Action], poison: Mapping[str, str]) -> dict[str, Action]:
+def poisoned(steps: Mapping[str, StepEffects], poison: Mapping[str, str]) -> dict[str, StepEffects]:
     """CHAOS_POISON_STEPS: make named steps raise every time, or kill their process, for fault tests."""
-    def sabotage(step: str, how: str) -> Action:
-        def action(*_: object) -> ProviderReply:
+    def sabotage(step: str, how: str) -> Any:
+        def call(*_: object) -> ProviderReply:
             if how == "crash":
                 log.error("CHAOS: step %s kills its worker process", step)
                 os._exit(13)
             raise RuntimeError(f"CHAOS: step {step} is poisoned")
-        return action
+        return call
 
-    return {step: sabotage(step, poison[step]) if step in poison else action for step, action in actions.items()}
+    return {name: replace(effects, call=sabotage(name, poison[name])) if name in poison else effects
+            for name, effects in steps.items()}
 
 
-def provider_steps() -> list[str]:
+def provider_steps(definitions: Iterable[SagaDefinition]) -> list[str]:
     """Every step, in every saga definition, that calls a provider and so travels as a task."""
-    names = {s.name for d in DEFINITIONS.values() for s in d.steps + d.compensations if not s.is_local}
-    missing = names - ACTIONS.keys()
-    if missing:
-        raise RuntimeError(f"steps without an action: {sorted(missing)}")
-    return sorted(names)
+    return sorted({s.name for d in definitions for s in d.all_steps if not s.is_local})
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
     """Build the Celery app and register the step tasks and the sweeper on it."""
     settings = settings or Settings.from_env()
+    definitions = configured_definitions(settings.step_policies)  # a step the step table lacks stops us here
     app = make_celery(settings)
     holder = _Holder(settings, app)
     worker_process_init.connect(holder.reset, weak=False)
-    for step in provider_steps():
+    for step in provider_steps(definitions.values()):
         _register_step(app, holder, step)
 
     if settings.sweep_in_worker:

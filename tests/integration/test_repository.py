@@ -2,6 +2,8 @@
 infra/fastsql.py): the same calls must give the same answers on both."""
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -47,11 +49,11 @@ def new_saga(db: Database) -> repo.SagaRecord:
 def test_claim_is_a_compare_and_set_and_close_checks_the_attempt(db: Database) -> None:
     saga = new_saga(db)
     with db.transaction() as conn:
-        assert repo.claim_step(conn, saga.id, "pay", 30, "task-1") == 1
-        assert repo.claim_step(conn, saga.id, "pay", 30, "task-2") is None  # RUNNING: not open any more
+        assert repo.claim_step(conn, saga.id, "pay", utcnow(), 30, "task-1") == 1
+        assert repo.claim_step(conn, saga.id, "pay", utcnow(), 30, "task-2") is None  # RUNNING: not open any more
         assert not repo.close_step(conn, saga.id, "pay", 2, "SUCCEEDED", utcnow(), None, "ch_1")  # wrong attempt
         assert repo.close_step(conn, saga.id, "pay", 1, "SUCCEEDED", utcnow(), None, "ch_1", outcome_unknown=False)
-        assert repo.claim_step(conn, saga.id, "pay", 30, "task-3") is None
+        assert repo.claim_step(conn, saga.id, "pay", utcnow(), 30, "task-3") is None
     with db.reading() as conn:
         row = next(r for r in repo.saga_step_rows(conn, saga.id) if r.name == "pay")
     assert (row.status, row.attempts, row.provider_ref, row.task_id, row.lease_until) == (
@@ -61,10 +63,10 @@ def test_claim_is_a_compare_and_set_and_close_checks_the_attempt(db: Database) -
 def test_close_keeps_the_reference_and_the_uncertainty_unless_told(db: Database) -> None:
     saga = new_saga(db)
     with db.transaction() as conn:
-        repo.claim_step(conn, saga.id, "pay", 30, None)
+        repo.claim_step(conn, saga.id, "pay", utcnow(), 30, None)
         repo.close_step(conn, saga.id, "pay", 1, "FAILED", utcnow(), "timeout", outcome_unknown=True)
-        repo.open_step(conn, saga.id, "pay", 0, 5, utcnow(), dispatch_now=True)
-        assert repo.claim_step(conn, saga.id, "pay", 30, None) == 2
+        repo.open_step(conn, saga.id, "pay", 0, 5, utcnow(), utcnow())
+        assert repo.claim_step(conn, saga.id, "pay", utcnow(), 30, None) == 2
         repo.close_step(conn, saga.id, "pay", 2, "FAILED", utcnow(), "answered 503")
     with db.reading() as conn:
         row = next(r for r in repo.saga_step_rows(conn, saga.id) if r.name == "pay")
@@ -89,8 +91,9 @@ def test_load_saga_and_the_claim_context_read_back_what_was_written(db: Database
     assert ship.lease_until is not None and ship.lease_until.utcoffset() == timedelta(0)
     assert abs(ship.lease_until - (now + timedelta(seconds=30))) < timedelta(seconds=1)
     assert loaded.steps["confirm"].status == "SUCCEEDED"
-    kind, status, context = found
-    assert (kind, status, context.charge_ref, context.shipment_ref) == ("order", "RUNNING", "ch_9", None)
+    context = found.context
+    assert (found.kind, found.status, found.cancel_requested) == ("order", "RUNNING", False)
+    assert (context.charge_ref, context.shipment_ref) == ("ch_9", None)
     assert (context.order.id, context.order.customer_id, context.order.qty, context.order.amount_cents) == (
         saga.order_id, 7, 2, 8598)
     assert context.order.created_at.utcoffset() == timedelta(0)
@@ -99,7 +102,7 @@ def test_load_saga_and_the_claim_context_read_back_what_was_written(db: Database
 def test_skip_open_steps_leaves_running_and_finished_steps_alone(db: Database) -> None:
     saga = new_saga(db)
     with db.transaction() as conn:
-        repo.claim_step(conn, saga.id, "pay", 30, None)
+        repo.claim_step(conn, saga.id, "pay", utcnow(), 30, None)
         repo.finish_local_step(conn, saga.id, "confirm", "SUCCEEDED", 1, utcnow(), None)
         repo.skip_open_steps(conn, saga.id, utcnow())
         statuses = {r.name: r.status for r in repo.saga_step_rows(conn, saga.id)}
@@ -123,10 +126,38 @@ def test_a_dropped_connection_raises_sqlalchemy_errors_and_the_next_transaction_
         assert caught.value.connection_invalidated
         with pytest.raises(sa.exc.IntegrityError):  # a constraint error keeps its SQLAlchemy class too
             with db.transaction() as conn:
-                assert repo.claim_step(conn, saga.id, "pay", 30, None) == 1
+                assert repo.claim_step(conn, saga.id, "pay", utcnow(), 30, None) == 1
                 repo.close_step(conn, saga.id, "pay", 1, None, utcnow(), None)  # type: ignore[arg-type]
         with db.transaction() as conn:  # both rolled back; a fresh connection claims the step
-            assert repo.claim_step(conn, saga.id, "pay", 30, None) == 1
+            assert repo.claim_step(conn, saga.id, "pay", utcnow(), 30, None) == 1
         db.dispose()
     finally:
         drop()
+
+
+def test_a_locked_load_that_waited_for_the_lock_sees_the_steps_the_holder_committed(postgres_server: str) -> None:
+    """Under READ COMMITTED a statement that waits for a row lock reads other tables as of its own start: the
+    saga's steps must be read after the lock is held, or a cancel that waited for a claim takes `pay` for PENDING."""
+    url, drop = create_pg_database(postgres_server)
+    try:
+        upgrade(url)
+        db = Database.from_url(url)
+        saga = new_saga(db)
+        loaded: list[repo.SagaRecord | None] = []
+        with db.transaction() as holder:
+            assert repo.lock_saga(holder, saga.id)
+            waiter = threading.Thread(target=lambda: loaded.append(_load_locked(db, saga.id)))
+            waiter.start()
+            time.sleep(0.3)  # the waiter's statement has started and waits for the saga lock
+            assert repo.claim_step(holder, saga.id, "pay", utcnow(), 30, None) == 1
+        waiter.join(10)
+        assert loaded and loaded[0] is not None
+        assert loaded[0].steps["pay"].status == "RUNNING"
+        db.dispose()
+    finally:
+        drop()
+
+
+def _load_locked(db: Database, saga_id: int) -> repo.SagaRecord | None:
+    with db.transaction() as conn:
+        return repo.load_saga(conn, saga_id, lock=True)

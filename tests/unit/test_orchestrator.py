@@ -21,7 +21,7 @@ from saga.orchestrator import (
     WaitStep,
     decide,
 )
-from saga.order_saga import ORDER_SAGA, order_outcome
+from saga.order_saga import ORDER_SAGA, order_ending, order_outcome
 
 S = StepStatus
 
@@ -51,17 +51,40 @@ def test_a_transient_failure_with_attempts_left_retries_with_backoff() -> None:
     assert commands[0].delay_s > 0
 
 
-def test_a_declined_payment_is_not_retried_and_ends_the_saga_with_nothing_to_undo() -> None:
+def test_a_declined_payment_is_not_retried_and_tells_the_customer_with_nothing_to_undo() -> None:
     commands = decide(ORDER_SAGA, state(pay=(S.RUNNING, 1)), StepFailed("pay", "declined", permanent=True))
-    assert commands == [BeginCompensation("pay failed: declined"),
-                        FinishSaga(SagaStatus.COMPENSATED, "pay failed: declined")]
+    assert commands == [BeginCompensation("pay failed: declined"), RunStep("notify_outcome")]
+
+
+def test_the_closing_message_ends_the_undone_saga_whether_it_is_sent_or_not() -> None:
+    telling = state(SagaStatus.COMPENSATING, pay=(S.FAILED, 1), notify_outcome=(S.RUNNING, 1))
+    assert decide(ORDER_SAGA, telling, StepSucceeded("notify_outcome")) == [FinishSaga(SagaStatus.COMPENSATED)]
+    limit = ORDER_SAGA.step("notify_outcome").retry.max_attempts
+    spent = state(SagaStatus.COMPENSATING, pay=(S.FAILED, 1), notify_outcome=(S.RUNNING, limit))
+    assert decide(ORDER_SAGA, spent, StepFailed("notify_outcome", "503")) == [FinishSaga(SagaStatus.COMPENSATED)]
+
+
+def test_a_closing_message_blocked_past_its_longest_wait_still_ends_the_saga_compensated() -> None:
+    waited = ORDER_SAGA.step("notify_outcome").max_wait_s
+    current = SagaState(SagaStatus.COMPENSATING, {
+        "pay": StepState("pay", S.FAILED, 1),
+        "notify_outcome": StepState("notify_outcome", S.RUNNING, 1, waited_s=waited)})
+    assert decide(ORDER_SAGA, current, StepBlocked("notify_outcome", 5.0)) == [FinishSaga(SagaStatus.COMPENSATED)]
+
+
+def test_a_closing_step_must_be_a_best_effort_compensation() -> None:
+    tell = Step("tell", provider="messaging", can_undo=False)
+    with pytest.raises(DefinitionError, match="closing step 'tell'"):
+        SagaDefinition("bad", 1, (Step("a"),), compensations=(tell,), closing="tell")
+    with pytest.raises(DefinitionError, match="closing step 'missing'"):
+        SagaDefinition("bad", 1, (Step("a"),), closing="missing")
 
 
 def test_spent_retries_fail_the_step_for_good() -> None:
     max_attempts = ORDER_SAGA.step("pay").retry.max_attempts
     commands = decide(ORDER_SAGA, state(pay=(S.RUNNING, max_attempts)), StepFailed("pay", "503"))
     assert isinstance(commands[0], BeginCompensation)
-    assert commands[-1] == FinishSaga(SagaStatus.COMPENSATED, "pay failed: 503")
+    assert commands[-1] == RunStep("notify_outcome")
 
 
 def test_a_failed_shipment_refunds_the_payment() -> None:
@@ -83,7 +106,7 @@ def test_compensations_run_in_reverse_order_one_at_a_time() -> None:
     assert decide(ORDER_SAGA, current, StepSucceeded("cancel_delivery")) == [RunStep("cancel_payment")]
     done = state(SagaStatus.COMPENSATING, pay=(S.SUCCEEDED, 1), ship=(S.SUCCEEDED, 1),
                  cancel_delivery=(S.COMPENSATED, 1), cancel_payment=(S.RUNNING, 1))
-    assert decide(ORDER_SAGA, done, StepSucceeded("cancel_payment")) == [FinishSaga(SagaStatus.COMPENSATED)]
+    assert decide(ORDER_SAGA, done, StepSucceeded("cancel_payment")) == [RunStep("notify_outcome")]
 
 
 def test_a_compensation_that_keeps_failing_parks_the_saga_failed() -> None:
@@ -141,18 +164,28 @@ def test_a_definition_rejects_unknown_compensations_and_repeated_names() -> None
         SagaDefinition("bad", 1, (Step("a"), Step("a")))
 
 
-@pytest.mark.parametrize("saga, cancel, confirmed, expected", [
-    (SagaStatus.COMPLETED, False, True, None),
-    (SagaStatus.COMPENSATED, True, True, OrderStatus.CANCELLED),
-    (SagaStatus.COMPENSATED, False, False, OrderStatus.REJECTED),
-    (SagaStatus.COMPENSATED, False, True, OrderStatus.CANCELLED),
-    (SagaStatus.COMPENSATED, True, False, OrderStatus.CANCELLED),
-    (SagaStatus.FAILED, False, True, None),
+@pytest.mark.parametrize("saga, cancel, current, expected", [
+    (SagaStatus.COMPLETED, False, OrderStatus.SHIPPED, None),
+    (SagaStatus.COMPENSATED, True, OrderStatus.PAID, OrderStatus.CANCELLED),
+    (SagaStatus.COMPENSATED, False, OrderStatus.PENDING, OrderStatus.REJECTED),
+    (SagaStatus.COMPENSATED, False, OrderStatus.PAID, OrderStatus.CANCELLED),
+    (SagaStatus.COMPENSATED, True, OrderStatus.PENDING, OrderStatus.CANCELLED),
+    (SagaStatus.COMPENSATED, False, OrderStatus.REJECTED, None),  # settled already, when the closing step opened
+    (SagaStatus.FAILED, False, OrderStatus.PAID, None),
 ])
-def test_the_order_status_an_ended_saga_leaves(saga: SagaStatus, cancel: bool, confirmed: bool,
+def test_the_order_status_an_ended_saga_leaves(saga: SagaStatus, cancel: bool, current: OrderStatus,
                                                 expected: OrderStatus | None) -> None:
-    assert order_outcome("order", saga, cancel, confirmed) == expected
-    assert order_outcome("cancel", saga, cancel, confirmed) is None
+    assert order_outcome("order", saga, cancel, current) == expected
+    assert order_outcome("cancel", saga, cancel, current) is None
+
+
+@pytest.mark.parametrize("cancel, charged, ending", [
+    (False, False, "not_paid"), (False, True, "refunded"), (True, False, "cancelled"),
+    (True, True, "cancelled_refunded"),
+])
+def test_every_ending_of_an_undone_order_has_its_own_message(cancel: bool, charged: bool, ending: str) -> None:
+    assert order_ending(cancel, charged) == ending
+    assert "{order_id}" in ORDER_SAGA.messages[ending]
 
 
 def test_an_answer_lost_after_the_provider_acted_is_retried_with_the_same_key_even_after_a_cancel() -> None:
@@ -177,4 +210,4 @@ def test_a_step_whose_outcome_stays_unknown_parks_the_saga_for_a_person_instead_
 def test_a_definite_refusal_clears_an_earlier_doubt() -> None:
     current = SagaState(SagaStatus.RUNNING, {"pay": StepState("pay", S.RUNNING, 2, uncertain=True)})
     commands = decide(ORDER_SAGA, current, StepFailed("pay", "declined", permanent=True))
-    assert commands[-1] == FinishSaga(SagaStatus.COMPENSATED, "pay failed: declined")
+    assert commands == [BeginCompensation("pay failed: declined"), RunStep("notify_outcome")]
