@@ -198,8 +198,12 @@ def _after_best_effort(definition: SagaDefinition, state: SagaState, name: str) 
 
 
 def _on_blocked(definition: SagaDefinition, state: SagaState, event: StepBlocked) -> list[Command]:
+    """Wait for the provider while the step's longest wait allows; a cancelled saga does not wait to undo."""
     step = definition.step(event.step)
-    if state.step(step.name).waited_s + event.retry_after_s <= step.max_wait_s:
+    row = state.step(step.name)
+    if state.cancel_requested and not row.uncertain and not definition.is_compensation(step.name):
+        return _compensate(definition, state.with_step(step.name, StepStatus.FAILED), None)
+    if row.waited_s + event.retry_after_s <= step.max_wait_s:
         return [WaitStep(step.name, event.retry_after_s)]
     failure = StepFailed(step.name, f"{step.provider} unavailable for over {step.max_wait_s:g}s", permanent=True)
     return _on_failure(definition, state, failure)

@@ -72,6 +72,12 @@ def test_a_closing_message_blocked_past_its_longest_wait_still_ends_the_saga_com
     assert decide(ORDER_SAGA, current, StepBlocked("notify_outcome", 5.0)) == [FinishSaga(SagaStatus.COMPENSATED)]
 
 
+def test_a_cancelled_saga_whose_provider_is_unavailable_compensates_instead_of_waiting() -> None:
+    current = state(cancel=True, pay=(S.SUCCEEDED, 1), ship=(S.RUNNING, 1))
+    assert decide(ORDER_SAGA, current, StepBlocked("ship", 30.0)) == [BeginCompensation(None),
+                                                                       RunStep("cancel_payment")]
+
+
 def test_a_closing_step_must_be_a_best_effort_compensation() -> None:
     tell = Step("tell", provider="messaging", can_undo=False)
     with pytest.raises(DefinitionError, match="closing step 'tell'"):
