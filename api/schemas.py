@@ -100,6 +100,10 @@ class CustomerOrderSchema(Schema):
 class NotificationSchema(Schema):
     id = fields.Integer()
     order_id = fields.Integer()
+    saga_id = fields.Integer()
+    step = fields.String(metadata={"description": "the saga step that sends it (notify: shipped; notify_outcome: "
+                                                  "how an undone order ended; notify_cancelled: cancelled after "
+                                                  "completion)"})
     customer_id = fields.Integer()
     text = fields.String()
     status = fields.String(metadata={"enum": ["PENDING", "SENT", "FAILED"]})

@@ -42,22 +42,28 @@ def assert_money_and_goods_consistent(live: Stack, order_id: int) -> None:
         assert refunds == [] and cancels == []
 
 
+def told(live: Stack, order_id: int) -> list[str]:
+    """What the customer was told about the order, as the messaging provider received it, oldest first."""
+    return [m["text"] for m in live.sandbox.ledger("messaging", order_id)]
+
+
+NOT_PAID, REFUNDED = "the payment did not go through", "could not be completed. Your payment of"
 FAILURES = [
-    # provider, behaviour, failing step, compensations (in order), saga status, order status
-    ("payment", {"reject": True}, "pay", [], "COMPENSATED", "REJECTED"),
-    ("payment", {"error_rate": 1.0}, "pay", [], "COMPENSATED", "REJECTED"),
-    ("delivery", {"reject": True}, "ship", ["cancel_payment"], "COMPENSATED", "CANCELLED"),
-    ("delivery", {"error_rate": 1.0}, "ship", ["cancel_payment"], "COMPENSATED", "CANCELLED"),
-    ("messaging", {"reject": True}, "notify", [], "COMPLETED", "SHIPPED"),
-    ("messaging", {"error_rate": 1.0}, "notify", [], "COMPLETED", "SHIPPED"),
+    # provider, behaviour, failing step, compensations (in order), saga status, order status, customer told
+    ("payment", {"reject": True}, "pay", [], "COMPENSATED", "REJECTED", NOT_PAID),
+    ("payment", {"error_rate": 1.0}, "pay", [], "COMPENSATED", "REJECTED", NOT_PAID),
+    ("delivery", {"reject": True}, "ship", ["cancel_payment"], "COMPENSATED", "CANCELLED", REFUNDED),
+    ("delivery", {"error_rate": 1.0}, "ship", ["cancel_payment"], "COMPENSATED", "CANCELLED", REFUNDED),
+    ("messaging", {"reject": True}, "notify", [], "COMPLETED", "SHIPPED", None),
+    ("messaging", {"error_rate": 1.0}, "notify", [], "COMPLETED", "SHIPPED", None),
 ]
 
 
-@pytest.mark.parametrize("provider, behavior, step, compensations, saga_status, order_status", FAILURES,
+@pytest.mark.parametrize("provider, behavior, step, compensations, saga_status, order_status, words", FAILURES,
                          ids=[f"{f[2]}-{next(iter(f[1]))}" for f in FAILURES])
-def test_a_step_failing_for_good_undoes_exactly_what_was_done(
+def test_a_step_failing_for_good_undoes_exactly_what_was_done_and_tells_the_customer(
     live: Stack, provider: str, behavior: dict[str, Any], step: str, compensations: list[str], saga_status: str,
-    order_status: str,
+    order_status: str, words: str | None,
 ) -> None:
     live.sandbox.behave(provider, **behavior)
     order = place(live, customer_id=30)
@@ -74,6 +80,8 @@ def test_a_step_failing_for_good_undoes_exactly_what_was_done(
     assert final["status"] == order_status
     if saga_status == "COMPENSATED":
         assert step in final["reason"]
+        assert len(told(live, order["id"])) == 1 and words in told(live, order["id"])[0]
+        assert live.steps(saga)["notify_outcome"]["status"] == "COMPENSATED"
     assert_money_and_goods_consistent(live, order["id"])
 
 
@@ -114,6 +122,7 @@ def test_cancel_racing_a_step_in_flight_compensates_at_the_step_boundary(live: S
     final = live.order(order["id"])
     assert final["status"] == "CANCELLED" and final["reason"] == "changed my mind"
     assert_money_and_goods_consistent(live, order["id"])
+    assert "has been cancelled as you asked. Your payment of" in told(live, order["id"])[-1]
 
 
 def test_cancel_during_a_retry_backoff_compensates_at_once(live: Stack) -> None:
@@ -130,6 +139,44 @@ def test_cancel_during_a_retry_backoff_compensates_at_once(live: Stack) -> None:
     assert live.steps(saga)["ship"]["status"] == "SKIPPED"
     assert live.order(order["id"])["status"] == "CANCELLED"
     assert_money_and_goods_consistent(live, order["id"])
+    assert "has been cancelled as you asked. Your payment of" in told(live, order["id"])[-1]
+
+
+def test_a_cancel_before_payment_is_made_tells_the_customer_nothing_was_charged(live: Stack) -> None:
+    live.sandbox.behave("payment", down=True)
+    order = place(live, customer_id=38)
+    wait_until(lambda: live.steps(live.saga(order["saga_id"]))["pay"]["attempts"] >= 1
+               and live.steps(live.saga(order["saga_id"]))["pay"]["status"] == "PENDING", 10, 0.02,
+               "pay to wait for a retry")
+
+    assert cancel(live, order["id"]).status_code == 202
+
+    assert live.wait_saga(order["saga_id"])["status"] == "COMPENSATED"
+    assert live.order(order["id"])["status"] == "CANCELLED"
+    assert live.sandbox.ledger("payment", order["id"], "charge") == []
+    assert told(live, order["id"]) == [f"Your order #{order['id']} ({order['title']}) has been cancelled as you "
+                                       "asked. You have not been charged."]
+    notes = live.client.get("/notifications?customer_id=38").get_json()
+    assert [(n["step"], n["status"]) for n in notes] == [("notify_outcome", "SENT")]
+
+
+def test_a_repeat_cancel_of_an_order_whose_cancellation_is_parked_is_a_conflict_and_the_order_says_so(
+    live: Stack,
+) -> None:
+    order = place(live, customer_id=39)
+    live.wait_saga(order["saga_id"])
+    live.sandbox.behave("delivery", reject=True)
+    first = cancel(live, order["id"], "arrived damaged")
+    cancel_id = next(s["id"] for s in first.get_json()["sagas"] if s["kind"] == "cancel")
+    assert live.wait_saga(cancel_id)["status"] == "FAILED"
+
+    again = cancel(live, order["id"], "arrived damaged")
+
+    assert again.status_code == 409 and again.content_type == "application/problem+json"
+    assert f"saga {cancel_id}" in again.get_json()["detail"]
+    final = live.order(order["id"])
+    assert final["status"] == "SHIPPED" and final["needs_support"] is True
+    assert f"cancel saga {cancel_id} is parked for support" in final["reason"]
 
 
 def test_cancel_after_completion_runs_a_cancel_saga_that_refunds_cancels_delivery_and_tells_the_customer(

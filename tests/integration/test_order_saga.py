@@ -52,6 +52,8 @@ def test_declined_payment_ends_rejected_with_nothing_shipped_and_no_retry(live: 
     assert final["status"] == "REJECTED" and "declined" in final["reason"].lower()
     assert [e["kind"] for e in live.sandbox.ledger("payment", order["id"])] == ["decline"]
     assert live.sandbox.ledger("delivery", order["id"]) == []
+    [message] = live.sandbox.ledger("messaging", order["id"])
+    assert "was not placed: the payment did not go through" in message["text"]
 
 
 def test_a_step_task_delivered_twice_changes_nothing(live: Stack) -> None:
