@@ -125,12 +125,18 @@ def test_cancel_racing_a_step_in_flight_compensates_at_the_step_boundary(live: S
     assert "has been cancelled as you asked. Your payment of" in told(live, order["id"])[-1]
 
 
+def wait_for_retry(live: Stack, order: dict[str, Any], step: str) -> None:
+    def waiting() -> bool:
+        row = live.steps(live.saga(order["saga_id"]))[step]
+        return bool(row["attempts"] >= 1 and row["status"] == "PENDING")
+
+    wait_until(waiting, 10, 0.02, f"{step} to wait for a retry")
+
+
 def test_cancel_during_a_retry_backoff_compensates_at_once(live: Stack) -> None:
     live.sandbox.behave("delivery", down=True)
     order = place(live, customer_id=33)
-    wait_until(lambda: live.steps(live.saga(order["saga_id"]))["ship"]["attempts"] >= 1
-               and live.steps(live.saga(order["saga_id"]))["ship"]["status"] == "PENDING", 10, 0.02,
-               "ship to wait for a retry")
+    wait_for_retry(live, order, "ship")
 
     assert cancel(live, order["id"]).status_code == 202
 
@@ -145,9 +151,7 @@ def test_cancel_during_a_retry_backoff_compensates_at_once(live: Stack) -> None:
 def test_a_cancel_before_payment_is_made_tells_the_customer_nothing_was_charged(live: Stack) -> None:
     live.sandbox.behave("payment", down=True)
     order = place(live, customer_id=38)
-    wait_until(lambda: live.steps(live.saga(order["saga_id"]))["pay"]["attempts"] >= 1
-               and live.steps(live.saga(order["saga_id"]))["pay"]["status"] == "PENDING", 10, 0.02,
-               "pay to wait for a retry")
+    wait_for_retry(live, order, "pay")
 
     assert cancel(live, order["id"]).status_code == 202
 
