@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cli.embedded import EmbeddedRedis
+from cli.ports import port_problem
 from cli.supervisor import Supervisor
 from infra.config import Settings
 from infra.db import sqlite_url_for
@@ -82,13 +83,17 @@ def celery_beat(schedule: str) -> list[str]:
 
 def up(args: argparse.Namespace) -> int:
     """Start every process with embedded defaults for what is not configured; stop them all on a signal."""
+    run_sandbox = not all(k in os.environ for k in ("PAYMENT_URL", "DELIVERY_URL", "MESSAGING_URL"))
+    problem = port_problem(_listening_ports(args, run_sandbox))
+    if problem:  # before anything starts or migrates: gunicorn would fail late, its cause lost in a traceback
+        print(f"bookmarket: {problem}", file=sys.stderr, flush=True)
+        return 2
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TMPDIR=str(data), PYTHONUNBUFFERED="1")
     env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")  # local monitoring on loopback only
     env.setdefault("DATABASE_URL", sqlite_url_for(data))
     sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
-    run_sandbox = not all(k in os.environ for k in ("PAYMENT_URL", "DELIVERY_URL", "MESSAGING_URL"))
     env.setdefault("SANDBOX_URL", sandbox_url)
     redis = None if "REDIS_URL" in os.environ else EmbeddedRedis(data)
     if redis is not None:
@@ -109,6 +114,16 @@ def up(args: argparse.Namespace) -> int:
             redis.shutdown()
     print("bookmarket: stopped", flush=True)
     return code
+
+
+def _listening_ports(args: argparse.Namespace, run_sandbox: bool) -> list[tuple[int, str]]:
+    """The ports `up` will listen on, each with the option that sets it."""
+    ports = [(args.port, "--port")]
+    if run_sandbox:
+        ports.append((args.sandbox_port, "--sandbox-port"))
+    if args.flower_port:
+        ports.append((args.flower_port, "--flower-port"))
+    return ports
 
 
 def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bool, data: Path) -> int:
