@@ -85,10 +85,14 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> N
     wait_until(ready, timeout, 0.1, f"{url} to answer")
 
 
-def start_sandbox(port: int, log_dir: Path | None = None) -> ProcessHandle:
-    """The sandbox providers under gunicorn (one process, many threads), as `bookmarket up` runs them."""
+def start_sandbox(port: int, log_dir: Path | None = None, data_dir: Path | None = None) -> ProcessHandle:
+    """The sandbox providers under gunicorn (one process, many threads), as `bookmarket up` runs them; their ledgers
+    are kept in `data_dir` (SANDBOX_DATA_DIR) or, without one, in memory only."""
     log = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"sandbox-{port}.log"
-    proc = spawn(gunicorn_sandbox("127.0.0.1", port, graceful_s=1), dict(os.environ), log)
+    env = {k: v for k, v in os.environ.items() if k != "SANDBOX_DATA_DIR"}
+    if data_dir is not None:
+        env["SANDBOX_DATA_DIR"] = str(data_dir)
+    proc = spawn(gunicorn_sandbox("127.0.0.1", port, graceful_s=1), env, log)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", proc)
     return ProcessHandle(proc, url, log)
@@ -114,8 +118,9 @@ class Sandbox:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def reset(self) -> None:
-        requests.post(f"{self.url}/reset", timeout=5).raise_for_status()
+    def reset(self, ledgers: bool = False) -> None:
+        """Default behaviours; with `ledgers`, also make the sandbox forget its ledgers and idempotency records."""
+        requests.post(f"{self.url}/reset", params={"ledgers": str(ledgers).lower()}, timeout=5).raise_for_status()
 
     def behave(self, provider: str, **behavior: Any) -> None:
         requests.put(f"{self.url}/{provider}/behavior", json=behavior, timeout=5).raise_for_status()
