@@ -59,7 +59,7 @@ def gunicorn_api(bind: str, port: int, workers: int = 2, threads: int = 16) -> l
 
 
 def gunicorn_sandbox(bind: str, port: int, graceful_s: float = 2) -> list[str]:
-    """The sandbox in one process (its ledgers live in that process), many threads."""
+    """The sandbox in one process (it alone holds its ledgers and writes their journal), many threads."""
     return gunicorn(bind, port, "sandbox.wsgi:app", 1, 64, graceful_s)
 
 
@@ -95,6 +95,7 @@ def up(args: argparse.Namespace) -> int:
     env.setdefault("DATABASE_URL", sqlite_url_for(data))
     sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
     env.setdefault("SANDBOX_URL", sandbox_url)
+    env.setdefault("SANDBOX_DATA_DIR", str(data))  # the sandbox remembers its charges and shipments across restarts
     redis = None if "REDIS_URL" in os.environ else EmbeddedRedis(data)
     if redis is not None:
         env["REDIS_URL"] = redis.url

@@ -176,6 +176,14 @@ def test_compose_runs_the_documented_bookmarket_commands() -> None:
     assert (parsed["sandbox"].command, parsed["sandbox"].bind, parsed["sandbox"].port) == ("sandbox", "0.0.0.0", 8090)
 
 
+def test_compose_keeps_the_sandbox_ledgers_in_a_volume() -> None:
+    data = compose()
+    sandbox = data["services"]["sandbox"]
+    folder = sandbox["environment"]["SANDBOX_DATA_DIR"]
+    volume, _, mounted_at = next(v for v in sandbox["volumes"] if v.endswith(f":{folder}")).partition(":")
+    assert mounted_at == folder and volume in data["volumes"]
+
+
 def test_compose_runs_flower_on_the_celery_app_with_its_api_open_on_5555() -> None:
     flower = compose()["services"]["flower"]
     assert as_argv(flower["command"]) == ["celery", "-A", "workers.main", "flower", "--port=5555"]
