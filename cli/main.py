@@ -1,10 +1,13 @@
-"""`bookmarket`: run the whole stack (`up`) or one piece of it (`api`, `worker`, `beat`, `sandbox`, `migrate`)."""
+"""`bookmarket`: run the whole stack (`up`) or one piece of it (`api`, `worker`, `beat`, `sandbox`, `migrate`);
+`config` prints the settings."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from cli.embedded import EmbeddedRedis
 from cli.ports import port_problem
@@ -42,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=_env_int("BOOKMARKET_SANDBOX_PORT", 8090))
     sandbox.add_argument("--bind", default=os.environ.get("BOOKMARKET_BIND", "127.0.0.1"))
     sub.add_parser("migrate", help="bring the database schema up to date and seed the catalog")
+    sub.add_parser("config", help="print the settings the environment gives, as JSON (passwords masked)")
     return p
 
 
@@ -151,6 +155,22 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
     return 0
 
 
+def config_json(settings: Settings) -> str:
+    """The settings as JSON, with the password of every URL masked."""
+    described = settings.describe()
+    return json.dumps({name: _mask_password(value) if name.endswith("_url") else value
+                       for name, value in described.items()}, indent=2)
+
+
+def _mask_password(url: object) -> object:
+    """`scheme://user:***@host/...` for a URL with a password; anything else unchanged."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def _exec(argv: list[str]) -> int:
     os.execv(argv[0], argv)
     return 0  # pragma: no cover - execv does not return
@@ -161,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     if args.command == "up":
         return up(args)
+    if args.command == "config":
+        print(config_json(settings))
+        return 0
     if args.command == "migrate":
         upgrade(settings.database_url)
         print(f"schema up to date: {settings.database_url}")

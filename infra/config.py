@@ -75,7 +75,7 @@ class Settings:
         )
 
     def describe(self) -> dict[str, object]:
-        """The settings as a dict, for logs and `bookmarket config`."""
+        """The settings as a dict, passwords included (`bookmarket config` prints them masked)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
