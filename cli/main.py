@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--sandbox-port", type=int, default=_env_int("BOOKMARKET_SANDBOX_PORT", 8090),
                     help="sandbox providers port (8090)")
     up.add_argument("--data-dir", default=os.environ.get("BOOKMARKET_DATA_DIR", "./var"),
-                    help="where the SQLite file, the embedded Redis and logs live (./var)")
+                    help="where the SQLite file, the embedded Redis and the sandbox's ledgers live (./var)")
     up.add_argument("--workers", type=int, default=_env_int("BOOKMARKET_WORKERS", 2),
                     help="Celery worker processes (2)")
     up.add_argument("--flower-port", type=int, default=_env_int("BOOKMARKET_FLOWER_PORT", 5555),
