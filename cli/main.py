@@ -1,12 +1,16 @@
-"""`bookmarket`: run the whole stack (`up`) or one piece of it (`api`, `worker`, `beat`, `sandbox`, `migrate`)."""
+"""`bookmarket`: run the whole stack (`up`) or one piece of it (`api`, `worker`, `beat`, `sandbox`, `migrate`);
+`config` prints the settings."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from cli.embedded import EmbeddedRedis
+from cli.ports import port_problem
 from cli.supervisor import Supervisor
 from infra.config import Settings
 from infra.db import sqlite_url_for
@@ -25,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--sandbox-port", type=int, default=_env_int("BOOKMARKET_SANDBOX_PORT", 8090),
                     help="sandbox providers port (8090)")
     up.add_argument("--data-dir", default=os.environ.get("BOOKMARKET_DATA_DIR", "./var"),
-                    help="where the SQLite file, the embedded Redis and logs live (./var)")
+                    help="where the SQLite file, the embedded Redis and the sandbox's ledgers live (./var)")
     up.add_argument("--workers", type=int, default=_env_int("BOOKMARKET_WORKERS", 2),
                     help="Celery worker processes (2)")
     up.add_argument("--flower-port", type=int, default=_env_int("BOOKMARKET_FLOWER_PORT", 5555),
@@ -41,18 +45,26 @@ def parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=_env_int("BOOKMARKET_SANDBOX_PORT", 8090))
     sandbox.add_argument("--bind", default=os.environ.get("BOOKMARKET_BIND", "127.0.0.1"))
     sub.add_parser("migrate", help="bring the database schema up to date and seed the catalog")
+    sub.add_parser("config", help="print the settings the environment gives, as JSON (passwords masked)")
     return p
 
 
-def gunicorn_api(bind: str, port: int, workers: int = 2) -> list[str]:
+def gunicorn(bind: str, port: int, app: str, workers: int, threads: int, graceful_s: float,
+             *options: str) -> list[str]:
+    """gunicorn with threaded workers and no control socket (gunicorn 25+ makes one in $HOME/.gunicorn, shared by
+    every gunicorn of the user; nothing here uses gunicornc)."""
     return [sys.executable, "-m", "gunicorn", "--bind", f"{bind}:{port}", "--workers", str(workers),
-            "--worker-class", "gthread", "--threads", "16", "--graceful-timeout", "10", "--timeout", "60",
-            "--access-logfile", "-", "api.wsgi:app"]
+            "--worker-class", "gthread", "--threads", str(threads), "--graceful-timeout", f"{graceful_s:g}",
+            "--no-control-socket", *options, app]
 
 
-def gunicorn_sandbox(bind: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--bind", f"{bind}:{port}", "--workers", "1",
-            "--worker-class", "gthread", "--threads", "64", "--graceful-timeout", "2", "sandbox.wsgi:app"]
+def gunicorn_api(bind: str, port: int, workers: int = 2, threads: int = 16) -> list[str]:
+    return gunicorn(bind, port, "api.wsgi:app", workers, threads, 10, "--timeout", "60", "--access-logfile", "-")
+
+
+def gunicorn_sandbox(bind: str, port: int, graceful_s: float = 2) -> list[str]:
+    """The sandbox in one process (it alone holds its ledgers and writes their journal), many threads."""
+    return gunicorn(bind, port, "sandbox.wsgi:app", 1, 64, graceful_s)
 
 
 def celery_worker(workers: int, queue: str, beat_schedule: str | None = None) -> list[str]:
@@ -75,14 +87,19 @@ def celery_beat(schedule: str) -> list[str]:
 
 def up(args: argparse.Namespace) -> int:
     """Start every process with embedded defaults for what is not configured; stop them all on a signal."""
+    run_sandbox = not all(k in os.environ for k in ("PAYMENT_URL", "DELIVERY_URL", "MESSAGING_URL"))
+    problem = port_problem(_listening_ports(args, run_sandbox))
+    if problem:  # before anything starts or migrates: gunicorn would fail late, its cause lost in a traceback
+        print(f"bookmarket: {problem}", file=sys.stderr, flush=True)
+        return 2
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TMPDIR=str(data), PYTHONUNBUFFERED="1")
     env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")  # local monitoring on loopback only
     env.setdefault("DATABASE_URL", sqlite_url_for(data))
     sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
-    run_sandbox = not all(k in os.environ for k in ("PAYMENT_URL", "DELIVERY_URL", "MESSAGING_URL"))
     env.setdefault("SANDBOX_URL", sandbox_url)
+    env.setdefault("SANDBOX_DATA_DIR", str(data))  # the sandbox remembers its charges and shipments across restarts
     redis = None if "REDIS_URL" in os.environ else EmbeddedRedis(data)
     if redis is not None:
         env["REDIS_URL"] = redis.url
@@ -102,6 +119,16 @@ def up(args: argparse.Namespace) -> int:
             redis.shutdown()
     print("bookmarket: stopped", flush=True)
     return code
+
+
+def _listening_ports(args: argparse.Namespace, run_sandbox: bool) -> list[tuple[int, str]]:
+    """The ports `up` will listen on, each with the option that sets it."""
+    ports = [(args.port, "--port")]
+    if run_sandbox:
+        ports.append((args.sandbox_port, "--sandbox-port"))
+    if args.flower_port:
+        ports.append((args.flower_port, "--flower-port"))
+    return ports
 
 
 def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bool, data: Path) -> int:
@@ -128,6 +155,22 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
     return 0
 
 
+def config_json(settings: Settings) -> str:
+    """The settings as JSON, with the password of every URL masked."""
+    described = settings.describe()
+    return json.dumps({name: _mask_password(value) if name.endswith("_url") else value
+                       for name, value in described.items()}, indent=2)
+
+
+def _mask_password(url: object) -> object:
+    """`scheme://user:***@host/...` for a URL with a password; anything else unchanged."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def _exec(argv: list[str]) -> int:
     os.execv(argv[0], argv)
     return 0  # pragma: no cover - execv does not return
@@ -138,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     if args.command == "up":
         return up(args)
+    if args.command == "config":
+        print(config_json(settings))
+        return 0
     if args.command == "migrate":
         upgrade(settings.database_url)
         print(f"schema up to date: {settings.database_url}")

@@ -61,9 +61,9 @@ class SharedBreakerStorage(pybreaker.CircuitRedisStorage):
             state, counter = self._redis.mget(self._namespace("state"), self._namespace("fail_counter"))
             if state is None:  # the keys are gone (Redis restarted empty): start again closed
                 self._initialize_redis_state(pybreaker.STATE_CLOSED)
-        except redis.RedisError:
+        except redis.RedisError:  # fail open, and do not wait on Redis again before ttl_s
             log.warning("redis unreachable: breaker state falls back to closed")
-            self._state, self._counter, self._read_at = pybreaker.STATE_CLOSED, 0, float("-inf")
+            self._state, self._counter, self._read_at = pybreaker.STATE_CLOSED, 0, time.monotonic()
             return
         self._state = pybreaker.STATE_CLOSED if state is None else (
             state.decode() if isinstance(state, bytes) else str(state))

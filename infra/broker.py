@@ -28,8 +28,10 @@ def make_celery(settings: Settings) -> Celery:
     - no result backend: nobody waits on a Celery result; status is read from the saga table.
     - unacked restore: workers put back unacked messages older than the visibility timeout (at most
       unacked_restore_limit per pass, so a restart after a crash does not flood the queue at once).
-    - bounded publish: connection and publish retries are short, so an API call never hangs on a dead broker;
-      what could not be sent stays in the step's outbox columns for the sweeper.
+    - bounded publish: every broker socket operation waits at most PUBLISH_TIMEOUT_S, and the Publisher sends
+      each message once, without the retry policy below (kept short for Celery's own sends, such as beat's), so
+      an API call never hangs on a dead or frozen broker; what could not be sent stays in the step's outbox
+      columns for the sweeper.
     - connection loss: running steps finish (their late ack is lost, the message comes back and finds the step
       done: a no-op); the worker reconnects forever, and beat resumes sweeping.
     """
@@ -100,21 +102,28 @@ def _guard(cls: type, name: str) -> None:
 
 
 class Publisher:
-    """Sends step messages; returns what it could not send instead of raising or hanging."""
+    """Sends step messages within `timeout_s` (PUBLISH_TIMEOUT_S); returns what it could not send instead of raising.
 
-    def __init__(self, app: Celery, queue: str, duplicate: bool = False) -> None:
+    Each send waits at most `timeout_s` (the transport's socket timeouts) and is tried once: Celery's publish retry
+    would reconnect and wait again, doubling the bound on a hung broker (a pooled connection that Redis dropped is
+    replaced by redis-py when it is taken, so a restarted Redis needs no retry). Waiting for a free producer has the
+    same bound.
+    """
+
+    def __init__(self, app: Celery, queue: str, duplicate: bool = False, timeout_s: float = 2.0) -> None:
         self.app = app
         self.queue = queue
         self.copies = 2 if duplicate else 1  # CHAOS_DUPLICATE_DISPATCH: every message twice, for fault tests
+        self.timeout_s = timeout_s
 
     def publish(self, dispatches: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
         """Send each (saga_id, step); the ones that failed are returned."""
         if not dispatches:
             return []
         try:
-            with self.app.producer_or_acquire() as producer:
+            with self.app.producer_pool.acquire(block=True, timeout=self.timeout_s) as producer:
                 for index, (saga_id, step) in enumerate(dispatches):
-                    self._send(producer, saga_id, step, index, dispatches)
+                    self._send(producer, saga_id, step, index)
         except _PartialPublish as partial:
             return list(dispatches[partial.index:])
         except Exception:  # noqa: BLE001 - the broker is unreachable: nothing was sent
@@ -122,11 +131,10 @@ class Publisher:
             return list(dispatches)
         return []
 
-    def _send(self, producer: object, saga_id: int, step: str, index: int,
-              dispatches: Sequence[tuple[int, str]]) -> None:
+    def _send(self, producer: object, saga_id: int, step: str, index: int) -> None:
         try:
             for _ in range(self.copies):
-                self.app.send_task(task_name(step), args=[saga_id], queue=self.queue, producer=producer)
+                self.app.send_task(task_name(step), args=[saga_id], queue=self.queue, producer=producer, retry=False)
         except Exception as exc:  # noqa: BLE001
             log.warning("publish of %s for saga %s failed: %s", step, saga_id, exc)
             raise _PartialPublish(index) from None

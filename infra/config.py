@@ -28,6 +28,7 @@ class Settings:
     step_policies: dict[str, dict[str, float]]
     breaker_fail_max: int
     breaker_reset_s: float
+    breaker_redis_timeout_s: float
     breaker_policies: dict[str, dict[str, float]]
     admission_max_waiting_payments: int
     admission_retry_after_s: float
@@ -62,6 +63,7 @@ class Settings:
             step_policies=_json_object("STEP_POLICIES", _env("STEP_POLICIES", "{}")),
             breaker_fail_max=int(_env("BREAKER_FAIL_MAX", "5")),
             breaker_reset_s=float(_env("BREAKER_RESET_S", "10")),
+            breaker_redis_timeout_s=float(_env("BREAKER_REDIS_TIMEOUT_S", "0.25")),
             breaker_policies=_json_object("BREAKER_POLICIES", _env("BREAKER_POLICIES", "{}")),
             admission_max_waiting_payments=int(_env("ADMISSION_MAX_WAITING_PAYMENTS", "500")),
             admission_retry_after_s=float(_env("ADMISSION_RETRY_AFTER_S", "2")),
@@ -73,7 +75,7 @@ class Settings:
         )
 
     def describe(self) -> dict[str, object]:
-        """The settings as a dict, for logs and `bookmarket config`."""
+        """The settings as a dict, passwords included (`bookmarket config` prints them masked)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def redis_from_url(url: str, timeout_s: float = 2.0) -> redis.Redis:
-    """A client for `url`; never decode_responses (pybreaker's storage decodes bytes itself)."""
+    """A client for `url` whose every command is tried once and waits at most `timeout_s` (said here rather than left
+    to redis-py's defaults, which retry with backoff for some clients and would multiply the bound); never
+    decode_responses (pybreaker's storage decodes bytes itself)."""
     if url.startswith("redis+socket://"):
         url = "unix://" + url[len("redis+socket://"):]
     return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                health_check_interval=30)
+                                health_check_interval=30, retry=Retry(NoBackoff(), 0))

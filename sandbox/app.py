@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import time
@@ -13,8 +14,9 @@ from werkzeug.exceptions import HTTPException
 
 from sandbox.behavior import PROVIDERS, validate_changes
 from sandbox.calls import idempotency_key, read_fields, read_json_object
+from sandbox.journal import Journal
 from sandbox.operations import OPERATIONS, Call, Operation, rejection, unavailable
-from sandbox.problems import JSON, Answer, Problem
+from sandbox.problems import JSON, Answer, Problem, bad_request
 from sandbox.state import SandboxState
 
 MAX_BODY_BYTES = 1 << 20
@@ -90,8 +92,8 @@ def _register_controls(app: Flask, state: SandboxState) -> None:
 
     @app.post("/reset")
     def reset() -> Response:
-        """Restore default behaviours and empty all ledgers and idempotency records."""
-        state.reset()
+        """Restore default behaviours; `?ledgers=true` also forgets every ledger and idempotency record for good."""
+        state.reset(ledgers=_flag_argument("ledgers"))
         return Response(status=204)
 
     @app.get(f"/{_PROVIDER}/behavior")
@@ -109,6 +111,14 @@ def _register_controls(app: Flask, state: SandboxState) -> None:
     def ledger(provider: str) -> Response:
         """Return a provider's ledger in recording order."""
         return _ok(state.ledger(provider))
+
+
+def _flag_argument(name: str) -> bool:
+    """Read an optional true/false query argument, or raise a 400 problem."""
+    value = request.args.get(name, "false").lower()
+    if value not in ("true", "false"):
+        raise bad_request("invalid-argument", "Invalid argument", f"{name} must be true or false")
+    return value == "true"
 
 
 def _slug(name: str) -> str:
@@ -139,11 +149,11 @@ def _register_error_handlers(app: Flask) -> None:
         return _respond(problem.answer())
 
 
-def create_app() -> Flask:
-    """Build the sandbox app with fresh in-memory state."""
+def create_app(data_dir: str | os.PathLike[str] | None = None) -> Flask:
+    """Build the sandbox app; its ledgers are kept in `data_dir` (see sandbox.journal), or in memory only."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    state = SandboxState()
+    state = SandboxState(Journal(data_dir))
     app.extensions["sandbox_state"] = state
     _register_operations(app, state)
     _register_controls(app, state)

@@ -44,7 +44,7 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
         db=db or Database.from_url(settings.database_url),
         providers=Providers.from_urls(settings.payment_url, settings.delivery_url, settings.messaging_url,
                                       settings.provider_timeout_s),
-        publisher=Publisher(celery, settings.queue, settings.chaos_duplicate_dispatch),
+        publisher=Publisher(celery, settings.queue, settings.chaos_duplicate_dispatch, settings.publish_timeout_s),
         definitions=configured_definitions(settings.step_policies),
         breakers=build_breakers(settings),
     )
@@ -72,5 +72,5 @@ def build_breakers(settings: Settings) -> Breakers:
         return BreakerPolicy(int(override.get("fail_max", settings.breaker_fail_max)),
                              float(override.get("reset_s", settings.breaker_reset_s)))
 
-    client = redis_from_url(settings.redis_url, settings.publish_timeout_s)
+    client = redis_from_url(settings.redis_url, settings.breaker_redis_timeout_s)  # on the POST /orders path too
     return Breakers(client, {p: policy(p) for p in PROVIDERS}, namespace=f"bookmarket:{settings.queue}:breaker")

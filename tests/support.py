@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
 import requests
+
+from cli.main import gunicorn_sandbox
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -83,12 +86,14 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> N
     wait_until(ready, timeout, 0.1, f"{url} to answer")
 
 
-def start_sandbox(port: int, log_dir: Path | None = None) -> ProcessHandle:
-    """The sandbox providers under gunicorn (one process, many threads), as `bookmarket up` runs them."""
+def start_sandbox(port: int, log_dir: Path | None = None, data_dir: Path | None = None) -> ProcessHandle:
+    """The sandbox providers under gunicorn (one process, many threads), as `bookmarket up` runs them; their ledgers
+    are kept in `data_dir` (SANDBOX_DATA_DIR) or, without one, in memory only."""
     log = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"sandbox-{port}.log"
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            "--worker-class", "gthread", "--threads", "64", "--graceful-timeout", "1", "sandbox.wsgi:app"]
-    proc = spawn(argv, dict(os.environ), log)
+    env = {k: v for k, v in os.environ.items() if k != "SANDBOX_DATA_DIR"}
+    if data_dir is not None:
+        env["SANDBOX_DATA_DIR"] = str(data_dir)
+    proc = spawn(gunicorn_sandbox("127.0.0.1", port, graceful_s=1), env, log)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", proc)
     return ProcessHandle(proc, url, log)
@@ -108,14 +113,62 @@ def start_worker(env: dict[str, str], log: Path, concurrency: int = 2, name: str
     return handle
 
 
+class RedisServer:
+    """A redis-server without persistence on a free port; SIGKILL it and start it again on the same port."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.starts += 1
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.dir)]
+        log = (self.dir / f"redis-{self.starts}.log").open("wb")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self.pings, 15, 0.05, f"redis-server on {self.port} to answer")
+
+    def pings(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and accepted, nothing answers (a hung server, not a dead one)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.thaw()
+            self.kill()
+
+
 class Sandbox:
     """A small client for the sandbox's behaviour and ledgers."""
 
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def reset(self) -> None:
-        requests.post(f"{self.url}/reset", timeout=5).raise_for_status()
+    def reset(self, ledgers: bool = False) -> None:
+        """Default behaviours; with `ledgers`, also make the sandbox forget its ledgers and idempotency records."""
+        requests.post(f"{self.url}/reset", params={"ledgers": str(ledgers).lower()}, timeout=5).raise_for_status()
 
     def behave(self, provider: str, **behavior: Any) -> None:
         requests.put(f"{self.url}/{provider}/behavior", json=behavior, timeout=5).raise_for_status()

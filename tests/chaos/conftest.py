@@ -42,7 +42,7 @@ from infra.config import Settings
 from infra.db import normalize_url
 from infra.migrate import upgrade
 from tests.integration.conftest import stack_env
-from tests.support import ProcessHandle, Sandbox, free_port, start_sandbox, start_worker, wait_until
+from tests.support import ProcessHandle, RedisServer, Sandbox, free_port, start_sandbox, start_worker, wait_until
 
 TERMINAL = ("COMPLETED", "COMPENSATED")
 PARKED = "FAILED"
@@ -142,43 +142,6 @@ class PostgresServer:
         if not self.log.exists():
             return ""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-class RedisServer:
-    """A redis-server without persistence on a free port; SIGKILL it and start it again on the same port."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.dir = tmp
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.starts += 1
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.dir)]
-        log = (self.dir / f"redis-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(self.pings, 15, 0.05, f"redis-server on {self.port} to answer")
-
-    def pings(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.kill()
 
 
 @pytest.fixture(scope="session")

