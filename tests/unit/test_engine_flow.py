@@ -194,6 +194,27 @@ def test_a_duplicate_delivered_while_the_step_runs_is_not_claimed(engine: Engine
     assert engine.providers.keys("charge") == [f"saga-{placed.saga_id}:pay"]
 
 
+def test_a_repeated_message_does_not_run_a_retry_before_its_backoff_is_due(engine: Engine) -> None:
+    engine.providers.script("charge", "transient")
+    placed = engine.place()
+    engine.deliver()  # the first copy: pay fails and waits for its backoff
+
+    assert engine.run(placed.saga_id, "pay") == "not claimed"  # the broker delivers the message again
+    assert engine.providers.keys("charge") == [f"saga-{placed.saga_id}:pay"]
+    engine.settle()
+    assert len(engine.providers.keys("charge")) == 2
+
+
+def test_a_repeated_message_does_not_spend_a_breaker_wait_twice(engine: Engine) -> None:
+    engine.breakers.open("payment", retry_after_s=20)
+    placed = engine.place()
+    engine.deliver()
+
+    assert engine.run(placed.saga_id, "pay") == "not claimed"
+    assert 20 <= engine.steps(placed.saga_id)["pay"].waited_s < 21
+    assert engine.breakers.blocked == ["payment"]
+
+
 def test_a_message_for_an_unknown_saga_is_not_claimed(engine: Engine) -> None:
     assert engine.run(999, "pay") == "not claimed"
     assert engine.providers.calls == []
