@@ -19,7 +19,7 @@ from domain.model import Order, OrderStatus
 from infra import repository as repo
 from infra.breakers import BreakerState, ProviderBlocked
 from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, ProviderReply
-from infra.tables import notifications, saga_steps
+from infra.tables import deliveries, notifications, payments, saga_steps
 from saga.definition import SagaDefinition
 from saga.order_saga import ORDER_SAGA
 from services.cancellation import CancelOrder, cancel_order
@@ -286,6 +286,13 @@ class Engine:
     def steps(self, saga_id: int) -> dict[str, Any]:
         with self.rt.db.reading() as conn:
             return {row.name: row for row in repo.saga_step_rows(conn, saga_id)}
+
+    def records(self, order_id: int) -> tuple[Any, Any]:
+        """The order's payment and delivery records (None where there is none)."""
+        with self.rt.db.reading() as conn:
+            payment, delivery = (conn.execute(sa.select(table).where(table.c.order_id == order_id)).first()
+                                 for table in (payments, deliveries))
+        return payment, delivery
 
     def notifications(self, saga_id: int) -> dict[str, Any]:
         with self.rt.db.reading() as conn:

@@ -79,6 +79,19 @@ def test_a_cancel_while_the_payment_provider_is_blocked_cancels_without_charging
     assert engine.providers.messages == [told("cancelled", placed.order.id)]
 
 
+def test_a_cancel_while_the_charge_waits_for_the_breaker_cancels_without_charging(engine: Engine) -> None:
+    engine.breakers.open("payment", retry_after_s=5)
+    placed = engine.place()
+    engine.deliver()
+    assert engine.steps(placed.saga_id)["pay"].status == "WAITING"
+
+    engine.cancel(placed.order.id)
+    engine.settle()
+
+    assert engine.providers.charges == []
+    assert_ended(engine, placed, OrderStatus.CANCELLED, "cancelled")
+
+
 @pytest.mark.xfail(strict=True, reason="engine bug: decide() answers StepBlocked with WaitStep even when a cancel "
                    "was requested while the step was claimed; the blocked call made nothing, so the saga should "
                    "compensate at once instead of waiting for the breaker and charging")
@@ -137,6 +150,9 @@ def test_a_cancel_after_shipping_runs_the_cancel_saga(engine: Engine) -> None:
     assert saga.status == "COMPLETED"
     assert list(engine.steps(saga.id)) == ["cancel_delivery", "cancel_payment", "mark_cancelled", "notify_cancelled"]
     assert len(engine.providers.cancellations) == 1 and len(engine.providers.refunds) == 1
+    payment, delivery = engine.records(order_id)
+    assert (payment.status, delivery.status) == ("REFUNDED", "CANCELLED")
+    assert delivery.cancel_ref == engine.providers.cancellations[0].reference
     assert engine.order(order_id).status is OrderStatus.CANCELLED
     assert engine.providers.messages[-1] == told("cancelled_refunded", order_id, CANCEL_SAGA)
 

@@ -42,6 +42,9 @@ def test_a_shipped_order_keeps_its_references_and_the_message_it_sent(engine: En
     steps = engine.steps(placed.saga_id)
     assert steps["pay"].provider_ref == engine.providers.charges[0].reference
     assert steps["ship"].provider_ref == engine.providers.shipments[0].reference
+    payment, delivery = engine.records(placed.order.id)
+    assert (payment.status, payment.charge_ref) == ("CHARGED", engine.providers.charges[0].reference)
+    assert (delivery.status, delivery.shipment_ref) == ("SHIPPED", engine.providers.shipments[0].reference)
     sent = engine.notifications(placed.saga_id)["notify"]
     assert (sent.status, sent.text) == ("SENT", told("shipped", placed.order.id))
 
@@ -51,6 +54,9 @@ def test_a_declined_payment_rejects_the_order_and_tells_the_customer_nothing_was
 
     assert_ended(engine, placed, OrderStatus.REJECTED, "not_paid")
     assert engine.saga(placed.saga_id).status == "COMPENSATED"
+    assert "payment declined" in engine.order(placed.order.id).reason
+    payment, delivery = engine.records(placed.order.id)
+    assert (payment.status, payment.charge_ref, delivery) == ("DECLINED", None, None)
     assert engine.providers.charges == [] and engine.providers.refunds == []
     assert step_statuses(engine, placed.saga_id) == {
         "pay": "FAILED", "confirm": "SKIPPED", "ship": "SKIPPED", "mark_shipped": "SKIPPED", "notify": "SKIPPED",
@@ -63,6 +69,8 @@ def test_a_delivery_refused_after_payment_refunds_once_and_cancels_the_order(eng
     assert_ended(engine, placed, OrderStatus.CANCELLED, "refunded")
     assert engine.saga(placed.saga_id).status == "COMPENSATED"
     assert [r.fields["charge_id"] for r in engine.providers.refunds] == [engine.providers.charges[0].reference]
+    payment, delivery = engine.records(placed.order.id)
+    assert (payment.status, payment.refund_ref, delivery) == ("REFUNDED", engine.providers.refunds[0].reference, None)
     assert "ship failed" in engine.saga(placed.saga_id).reason
 
 

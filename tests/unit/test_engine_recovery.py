@@ -96,6 +96,39 @@ def test_a_step_whose_worker_vanished_is_recovered_after_its_lease_and_charged_o
     assert engine.order(placed.order.id).status is OrderStatus.SHIPPED
 
 
+class WorkerKilled(BaseException):
+    """The process running a step dies (SIGKILL, OOM): nothing after the call runs."""
+
+
+def kill_the_worker() -> None:
+    raise WorkerKilled
+
+
+def test_a_worker_killed_during_a_step_it_claimed_inline_leaves_it_to_the_sweeper_after_the_lease(
+        engine: Engine) -> None:
+    placed = engine.place()
+    engine.providers.during("ship", kill_the_worker)
+
+    with pytest.raises(WorkerKilled):
+        engine.deliver()  # pay succeeds, and ship, claimed in the same task, dies with it
+    assert engine.steps(placed.saga_id)["ship"].status == "RUNNING"
+    engine.settle()
+
+    assert engine.saga(placed.saga_id).recoveries == 1
+    assert len(engine.providers.charges) == len(engine.providers.shipments) == 1
+    assert engine.order(placed.order.id).status is OrderStatus.SHIPPED
+
+
+def test_a_lost_refund_is_asked_again_with_the_same_key_and_refunds_once(engine: Engine) -> None:
+    engine.providers.script("refund", "lost")
+
+    placed = engine.play("ship", "refused")
+
+    assert len(engine.providers.keys("refund")) == 2 and len(set(engine.providers.keys("refund"))) == 1
+    assert len(engine.providers.refunds) == 1
+    assert_ended(engine, placed, OrderStatus.CANCELLED, "refunded")
+
+
 def test_a_worker_that_comes_back_after_its_lease_was_taken_records_nothing(engine: Engine) -> None:
     placed = engine.place()
     attempt = vanish_after_the_call(engine, placed.saga_id, "pay")
