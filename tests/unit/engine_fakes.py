@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import pytest
 import sqlalchemy as sa
 
 from domain.catalog import SEED_BOOKS
@@ -263,9 +264,9 @@ class Engine:
                                .where(saga_steps.c.status.in_(repo.OPEN_FOR_CLAIM))).scalar()
             lease = conn.execute(sa.select(sa.func.min(saga_steps.c.lease_until))
                                  .where(saga_steps.c.status == "RUNNING")).scalar()
-        times = [_aware(t) for t in (due, lease) if t is not None]
+        times = [] if due is None else [due]
         if lease is not None:
-            times[-1] += timedelta(microseconds=1)  # a lease has expired once now is past it
+            times.append(lease + timedelta(microseconds=1))  # a lease has expired once now is past it
         return min(times) if times else None
 
     # --- reading the outcome ---------------------------------------------------------------------------------------
@@ -320,10 +321,6 @@ def assert_ended(engine: Engine, placed: OrderView, status: OrderStatus, message
     assert engine.providers.messages == [told(message, placed.order.id)]
 
 
-def _aware(instant: datetime) -> datetime:
-    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
-
-
 def make_engine(tmp_path: Path, **settings: Any) -> Engine:
     """An Engine on a fresh SQLite file, with settings overridden by name (inline_steps=0...)."""
     rt = make_runtime(tmp_path)
@@ -336,8 +333,9 @@ def make_engine(tmp_path: Path, **settings: Any) -> Engine:
     return Engine(rt, clock, providers, breakers, rt.publisher)
 
 
-def engine_fixture(tmp_path: Path) -> Iterator[Engine]:
-    """The body of each test module's `engine` fixture."""
-    engine = make_engine(tmp_path)
+def engine_fixture(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """The body of each test module's `engine` fixture; parametrized indirectly, its param overrides settings
+    ({"inline_steps": 0}...)."""
+    engine = make_engine(tmp_path, **getattr(request, "param", {}))
     yield engine
     engine.rt.close()

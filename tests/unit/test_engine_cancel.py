@@ -10,12 +10,12 @@ from domain.errors import InvalidTransition, OrderNotFound, SagaNeedsSupport
 from domain.model import OrderStatus
 from saga.order_saga import CANCEL_SAGA
 from services.steps import claim, perform, publish, record
-from tests.unit.engine_fakes import Engine, assert_ended, engine_fixture, make_engine, told
+from tests.unit.engine_fakes import Engine, assert_ended, engine_fixture, told
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    yield from engine_fixture(tmp_path)
+def engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    yield from engine_fixture(tmp_path, request)
 
 
 def cancel_saga_of(engine: Engine, order_id: int) -> object:
@@ -124,8 +124,8 @@ def test_repeated_cancels_while_running_compensate_once(engine: Engine) -> None:
     assert [s.kind for s in engine.sagas(placed.order.id)] == ["order"]
 
 
-def test_a_cancel_while_a_failure_is_being_compensated_changes_nothing(tmp_path: Path) -> None:
-    engine = make_engine(tmp_path, inline_steps=0)
+@pytest.mark.parametrize("engine", [{"inline_steps": 0}], indirect=True)
+def test_a_cancel_while_a_failure_is_being_compensated_changes_nothing(engine: Engine) -> None:
     engine.providers.script("ship", "refused")
     placed = engine.place()
     engine.deliver(count=2)  # pay; ship refused; the refund is published, not yet run
@@ -136,7 +136,6 @@ def test_a_cancel_while_a_failure_is_being_compensated_changes_nothing(tmp_path:
 
     assert len(engine.providers.refunds) == 1
     assert_ended(engine, placed, OrderStatus.CANCELLED, "refunded")
-    engine.rt.close()
 
 
 # --- after the order saga ended --------------------------------------------------------------------------------------

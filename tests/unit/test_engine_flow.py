@@ -3,6 +3,7 @@ clock that moves only when the test says so: endings, retries and backoff, inlin
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,13 @@ import pytest
 from domain.model import OrderStatus
 from saga.order_saga import ORDER_SAGA
 from services.runtime import configured_definitions
-from tests.unit.engine_fakes import BOOK, Engine, assert_ended, engine_fixture, make_engine, told
+from tests.unit.engine_fakes import BOOK, Engine, assert_ended, engine_fixture, told
 from workers.app import poisoned
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    yield from engine_fixture(tmp_path)
+def engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    yield from engine_fixture(tmp_path, request)
 
 
 def step_statuses(engine: Engine, saga_id: int) -> dict[str, str]:
@@ -84,7 +85,7 @@ def test_a_transient_failure_is_retried_only_once_its_backoff_is_due_with_the_sa
     due = pay.available_at
     assert due > engine.clock.now
 
-    engine.clock.advance_to(due - (due - engine.clock.now) / 1000)
+    engine.clock.advance_to(due - timedelta(milliseconds=1))
     assert engine.sweep().dispatched == 0
     engine.clock.advance_to(due)
     assert engine.sweep().dispatched == 1
@@ -96,20 +97,20 @@ def test_a_transient_failure_is_retried_only_once_its_backoff_is_due_with_the_sa
     assert len(engine.providers.charges) == 1
 
 
-def test_each_retry_waits_longer_up_to_the_cap(engine: Engine) -> None:
-    engine.providers.script("charge", "transient", "transient", "transient")
+def test_each_retry_backs_off_exponentially_up_to_the_cap(engine: Engine) -> None:
+    engine.rt.definitions = configured_definitions({"pay": {"base_s": 1, "cap_s": 3}})
+    engine.providers.script("charge", "transient", "transient", "transient", "transient")
     placed = engine.place()
     waits = []
-    for _ in range(3):
+    for _ in range(4):
         engine.deliver()
         due = engine.next_due()
         assert due is not None
         waits.append((due - engine.clock.now).total_seconds())
         engine.clock.advance_to(due)
         engine.sweep()
-    policy = ORDER_SAGA.step("pay").retry
-    for attempt, wait in enumerate(waits, start=1):
-        assert policy.delay(attempt, 0.0) <= wait <= policy.delay(attempt, 1.0)
+    fulls = [1, 2, 3, 3]  # base * 2**(attempt - 1), at most the cap; jitter takes it down to half at most
+    assert all(full / 2 <= wait <= full for full, wait in zip(fulls, waits, strict=True)), waits
     engine.settle()
     assert engine.order(placed.order.id).status is OrderStatus.SHIPPED
 
@@ -166,19 +167,14 @@ def test_a_poisoned_step_counts_each_raise_as_a_failed_attempt_then_compensates(
 
 
 # --- inline steps, duplicates, the outbox ----------------------------------------------------------------------------
-@pytest.mark.parametrize(("inline_steps", "runs"), [(4, ["pay"]), (1, ["pay", "notify"]),
-                                                    (0, ["pay", "ship", "notify"])])
-def test_inline_steps_decide_how_many_tasks_an_order_takes(tmp_path: Path, inline_steps: int,
-                                                           runs: list[str]) -> None:
-    engine = make_engine(tmp_path, inline_steps=inline_steps)
-    placed = engine.place()
-
-    engine.settle()
+@pytest.mark.parametrize(("engine", "runs"), [({"inline_steps": 4}, ["pay"]), ({"inline_steps": 1}, ["pay", "notify"]),
+                                              ({"inline_steps": 0}, ["pay", "ship", "notify"])], indirect=["engine"])
+def test_inline_steps_decide_how_many_tasks_an_order_takes(engine: Engine, runs: list[str]) -> None:
+    placed = engine.play()
 
     assert engine.runs_of(placed.saga_id) == runs
     assert engine.order(placed.order.id).status is OrderStatus.SHIPPED
     assert len(engine.providers.charges) == len(engine.providers.shipments) == len(engine.providers.messages) == 1
-    engine.rt.close()
 
 
 def test_a_duplicate_delivery_is_not_claimed_and_calls_nothing_twice(engine: Engine) -> None:
@@ -242,8 +238,8 @@ def test_an_order_placed_while_the_broker_is_down_is_sent_by_the_sweeper_once_it
     assert engine.order(placed.order.id).status is OrderStatus.SHIPPED
 
 
-def test_a_step_whose_publish_failed_mid_saga_is_re_sent_by_the_sweeper(tmp_path: Path) -> None:
-    engine = make_engine(tmp_path, inline_steps=0)
+@pytest.mark.parametrize("engine", [{"inline_steps": 0}], indirect=True)
+def test_a_step_whose_publish_failed_mid_saga_is_re_sent_by_the_sweeper(engine: Engine) -> None:
     placed = engine.place()
     engine.publisher.fail = True
     engine.deliver()  # pay runs; publishing ship fails
@@ -254,7 +250,6 @@ def test_a_step_whose_publish_failed_mid_saga_is_re_sent_by_the_sweeper(tmp_path
 
     assert engine.order(placed.order.id).status is OrderStatus.SHIPPED
     assert engine.runs_of(placed.saga_id) == ["pay", "ship", "notify"]
-    engine.rt.close()
 
 
 def test_a_message_the_broker_lost_is_sent_again_only_after_redispatch_after_s(engine: Engine) -> None:

@@ -18,8 +18,8 @@ OPEN = ("PENDING", "RUNNING", "WAITING")
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    yield from engine_fixture(tmp_path)
+def engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    yield from engine_fixture(tmp_path, request)
 
 
 def vanish_after_the_call(engine: Engine, saga_id: int, step: str) -> Attempt:

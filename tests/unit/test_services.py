@@ -28,8 +28,8 @@ DATABASE_DOWN = "postgresql://postgres@127.0.0.1:1/x"
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    yield from engine_fixture(tmp_path)
+def engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    yield from engine_fixture(tmp_path, request)
 
 
 # --- admission -------------------------------------------------------------------------------------------------------
