@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
+# The fast tier (tests/unit: in process, SQLite, fakes) alone must cover services/ at 90 % or more.
+FAST = $(BIN)/python -m pytest tests/unit --cov=services --cov-report=term-missing:skip-covered --cov-fail-under=90
 
-.PHONY: install run test test-unit migrate clean
+.PHONY: install run test test-fast test-unit migrate clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +23,14 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict domain saga
 	$(BIN)/mypy services infra api workers cli
-	$(BIN)/python -m pytest
+	$(FAST)
+	$(BIN)/python -m pytest tests --ignore=tests/unit
 
-test-unit: install
-	$(BIN)/python -m pytest tests/unit
+test-fast test-unit: install
+	$(FAST)
 
 migrate: install
 	$(BIN)/bookmarket migrate
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache .coverage

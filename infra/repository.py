@@ -388,9 +388,12 @@ def _step_where(saga_id: int, name: str) -> Any:
 _STEP_IS_OPEN = sa.or_(*(saga_steps.c.status == status for status in OPEN_FOR_CLAIM))
 _THIS_STEP = sa.and_(saga_steps.c.saga_id == sa.bindparam("b_saga"), saga_steps.c.name == sa.bindparam("b_name"))
 
+# Only a step whose message has been sent since it was (re)opened: a repeated or late message for a step that waits
+# for its backoff or its provider's breaker (dispatched_at NULL until the sweeper sends it when due) takes nothing.
 _CLAIM_STEP = FastStatement(
     saga_steps.update()
-    .where(_THIS_STEP, _STEP_IS_OPEN, saga_steps.c.attempts < saga_steps.c.max_attempts)
+    .where(_THIS_STEP, _STEP_IS_OPEN, saga_steps.c.attempts < saga_steps.c.max_attempts,
+           saga_steps.c.dispatched_at.is_not(None))
     .values(status=StepStatus.RUNNING.value, attempts=saga_steps.c.attempts + 1, started_at=sa.bindparam("b_now"),
             lease_until=sa.bindparam("b_lease"), task_id=sa.bindparam("b_task"), dispatched_at=None)
     .returning(saga_steps.c.attempts)
@@ -399,7 +402,8 @@ _CLAIM_STEP = FastStatement(
 
 def claim_step(conn: Connection, saga_id: int, name: str, now: datetime, lease_s: float,
                task_id: str | None) -> int | None:
-    """Compare-and-set PENDING|WAITING -> RUNNING; returns the attempt number, or None if someone else has it."""
+    """Compare-and-set PENDING|WAITING (and sent) -> RUNNING; returns the attempt number, or None if someone else
+    has it or it is not due (a repeated message)."""
     result = _CLAIM_STEP.run(conn, {"b_saga": saga_id, "b_name": name, "b_now": now,
                                     "b_lease": now + timedelta(seconds=lease_s), "b_task": task_id}).first()
     return int(result[0]) if result else None

@@ -108,12 +108,13 @@ def get_order(rt: Runtime, order_id: int) -> OrderView:
 SETTLED = (OrderStatus.PAID, OrderStatus.SHIPPED, OrderStatus.REJECTED, OrderStatus.CANCELLED)
 
 
-def wait_for_payment(rt: Runtime, order_id: int, timeout_s: float, poll_s: float = 0.05) -> OrderView:
+def wait_for_payment(rt: Runtime, order_id: int, timeout_s: float, poll_s: float = 0.05,
+                     sleep: Callable[[float], None] = time.sleep) -> OrderView:
     """Poll the database (the truth, never a Celery result) until payment is settled or time runs out."""
     deadline = time.monotonic() + timeout_s
     view = get_order(rt, order_id)
     while view.order.status not in SETTLED and time.monotonic() < deadline:
-        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
+        sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
         poll_s = min(poll_s * 1.5, 0.5)
         view = get_order(rt, order_id)
     return view

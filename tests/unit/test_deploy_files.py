@@ -25,6 +25,8 @@ import yaml
 from cli.main import parser
 from infra.config import Settings
 
+pytestmark = pytest.mark.no_cover  # reads deployment files, runs nothing of services/: spared coverage's tracing
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
