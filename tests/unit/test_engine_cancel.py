@@ -92,9 +92,6 @@ def test_a_cancel_while_the_charge_waits_for_the_breaker_cancels_without_chargin
     assert_ended(engine, placed, OrderStatus.CANCELLED, "cancelled")
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: decide() answers StepBlocked with WaitStep even when a cancel "
-                   "was requested while the step was claimed; the blocked call made nothing, so the saga should "
-                   "compensate at once instead of waiting for the breaker and charging")
 def test_a_cancel_that_arrives_while_the_charge_is_blocked_by_the_breaker_cancels_without_charging(
         engine: Engine) -> None:
     placed = engine.place()

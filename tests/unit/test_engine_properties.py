@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from domain.errors import InvalidTransition, SagaNeedsSupport
-from infra.breakers import BreakerState, ProviderBlocked
 from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, ProviderReply
 from infra.tables import notifications, orders, saga_steps, sagas
 from services.cancellation import CancelOrder, cancel_order
@@ -30,27 +28,18 @@ from services.orders import PlaceOrder, place_order
 from services.runtime import Runtime
 from services.steps import Attempt, claim, perform, publish, record
 from services.sweeper import sweep
+from tests.unit.engine_fakes import FakeBreakers, FakeClock
 from tests.unit.fakes import RecordingPublisher, make_runtime
 
 BLOCKED_FOR_S = 250.0  # three waits outlast a step's longest wait (600 s)
 OPEN = ("PENDING", "RUNNING", "WAITING")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 @dataclass
 class ScriptedProviders:
-    """Payment, delivery and messaging in one: the script sets the next answer. Like a real provider, a key that
-    took effect replays its first answer."""
+    """Payment, delivery and messaging in one, whose next answer (whatever the operation) the script sets; unlike
+    engine_fakes.FakeProviders, scripted per operation, this lets a random script pick the answer of the call in
+    flight. Like a real provider, a key that took effect replays its first answer."""
 
     answer: str = "ok"
     effects: dict[str, str] = field(default_factory=dict)  # idempotency key -> reference
@@ -94,28 +83,12 @@ class ScriptedProviders:
         return ProviderReply(self.effects[key], {})
 
 
-class ScriptedBreakers:
-    """Lets calls through, or refuses the next one as an open breaker would."""
-
-    def __init__(self) -> None:
-        self.refuse_next = False
-
-    def call(self, provider: str, func: Any, *args: object) -> Any:
-        if self.refuse_next:
-            self.refuse_next = False
-            raise ProviderBlocked(provider, BLOCKED_FOR_S)
-        return func(*args)
-
-    def state(self, provider: str) -> BreakerState:
-        return BreakerState("closed", 0.0)
-
-
 @dataclass
 class Engine:
     rt: Runtime
-    clock: Clock
+    clock: FakeClock
     providers: ScriptedProviders
-    breakers: ScriptedBreakers
+    breakers: FakeBreakers
     publisher: RecordingPublisher
     order_id: int = 0
     in_flight: list[Attempt] = field(default_factory=list)
@@ -139,9 +112,11 @@ class Engine:
         if not self.in_flight:
             return
         attempt = self.in_flight.pop(0)
-        self.providers.answer = "ok" if answer == "blocked" else answer
-        self.breakers.refuse_next = answer == "blocked"
+        self.providers.answer = answer
+        if answer == "blocked":
+            self.breakers.open(attempt.provider, BLOCKED_FOR_S)
         event, reply = perform(self.rt, attempt.context, attempt.provider)
+        self.breakers.close(attempt.provider)
         dispatches, follow = record(self.rt, attempt, event, reply, inline=True)
         publish(self.rt, dispatches)
         if follow is not None:
@@ -160,7 +135,7 @@ class Engine:
 
     def drain(self) -> None:
         """Heal: every message arrives, every provider answers, time passes until nothing is left to do."""
-        self.providers.answer, self.breakers.refuse_next = "ok", False
+        self.providers.answer = "ok"
         for _ in range(400):
             if self.in_flight:
                 self.finish("ok")
@@ -181,7 +156,8 @@ class Engine:
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     publisher = RecordingPublisher()
     rt = make_runtime(Path(tmp_path_factory.mktemp("engine")), publisher)
-    clock, providers, breakers = Clock(), ScriptedProviders(), ScriptedBreakers()
+    clock, providers = FakeClock(), ScriptedProviders()
+    breakers = FakeBreakers(clock)
     rt.clock, rt.providers, rt.breakers = clock, providers, breakers  # type: ignore[assignment]
     yield Engine(rt, clock, providers, breakers, publisher)
     rt.db.dispose()
