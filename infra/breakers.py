@@ -1,6 +1,7 @@
 """One circuit breaker per provider, its state shared by every process through Redis (pybreaker)."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -19,8 +20,8 @@ T = TypeVar("T")
 class ProviderBlocked(Exception):
     """The provider's breaker is open: no call was made; try again after retry_after_s."""
 
-    def __init__(self, provider: str, retry_after_s: float) -> None:
-        super().__init__(f"{provider} circuit open; retry in {retry_after_s:.1f}s")
+    def __init__(self, provider: str, retry_after_s: float, why: str = "circuit open") -> None:
+        super().__init__(f"{provider} {why}; retry in {retry_after_s:.1f}s")
         self.provider = provider
         self.retry_after_s = retry_after_s
 
@@ -113,14 +114,38 @@ class Breakers:
         self._breakers: dict[str, tuple[pybreaker.CircuitBreaker, pybreaker.CircuitRedisStorage]] = {}
 
     def call(self, provider: str, func: Callable[..., T], *args: object) -> T:
-        """Call func through the provider's breaker; raise ProviderBlocked instead of calling when open."""
+        """Call func unless the provider's breaker is open (then raise ProviderBlocked), and count its outcome.
+
+        pybreaker's own `CircuitBreaker.call` holds the breaker's lock for the whole call: one call at a time per
+        provider per process. Here the lock is held only to read the state before the call and to count the
+        outcome after it, so calls to one provider run side by side. While half-open, every call that starts
+        before the first trial ends is a trial too."""
         pair = self._breaker(provider)
         if pair is None:
             return func(*args)
+        breaker, storage = pair
+        self._admit(provider, breaker, storage)
         try:
-            return pair[0].call(func, *args)
-        except pybreaker.CircuitBreakerError:
-            raise ProviderBlocked(provider, self._retry_after(*pair)) from None
+            result = func(*args)
+        except Exception as exc:
+            _count(breaker, functools.partial(breaker.state._handle_error, exc, reraise=False))
+            raise
+        _count(breaker, breaker.state._handle_success)
+        return result
+
+    def _admit(self, provider: str, breaker: pybreaker.CircuitBreaker,
+               storage: pybreaker.CircuitRedisStorage) -> None:
+        """Raise ProviderBlocked while the breaker is open; once its reset time has passed, half-open it."""
+        with breaker._lock:
+            try:
+                if breaker.state.name != pybreaker.STATE_OPEN:
+                    return
+                retry_after = self._retry_after(breaker, storage, floor=0.0)
+                if retry_after > 0:
+                    raise ProviderBlocked(provider, max(retry_after, 0.5))
+                breaker.half_open()
+            except redis.RedisError:
+                log.warning("redis unreachable: %s breaker lets the call through", provider)
 
     def state(self, provider: str) -> BreakerState:
         pair = self._breaker(provider)
@@ -149,10 +174,21 @@ class Breakers:
         return self._breakers[provider]
 
     @staticmethod
-    def _retry_after(breaker: pybreaker.CircuitBreaker, storage: pybreaker.CircuitRedisStorage) -> float:
-        """Seconds until the open breaker lets a trial call through."""
+    def _retry_after(breaker: pybreaker.CircuitBreaker, storage: pybreaker.CircuitRedisStorage,
+                     floor: float = 0.5) -> float:
+        """Seconds until the open breaker lets a trial call through (at least `floor`)."""
         opened_at = storage.opened_at
         if opened_at is None:
             return float(breaker.reset_timeout)
         elapsed = time.time() - opened_at.timestamp()
-        return max(float(breaker.reset_timeout) - elapsed, 0.5)
+        return max(float(breaker.reset_timeout) - elapsed, floor)
+
+
+def _count(breaker: pybreaker.CircuitBreaker, record: Callable[[], object]) -> None:
+    """Count a call's outcome under the breaker's lock. pybreaker says "this failure opened the breaker" by raising;
+    the caller raises the call's own error instead, so the step counts a failed attempt and the next call waits."""
+    with breaker._lock:
+        try:
+            record()
+        except Exception:  # noqa: BLE001 - CircuitBreakerError, the call's own error again, or Redis (fail open)
+            pass

@@ -30,6 +30,7 @@ class Settings:
     breaker_reset_s: float
     breaker_redis_timeout_s: float
     breaker_policies: dict[str, dict[str, float]]
+    bulkhead_max_calls: dict[str, int]
     admission_max_waiting_payments: int
     admission_retry_after_s: float
     inline_steps: int
@@ -65,6 +66,7 @@ class Settings:
             breaker_reset_s=float(_env("BREAKER_RESET_S", "10")),
             breaker_redis_timeout_s=float(_env("BREAKER_REDIS_TIMEOUT_S", "0.25")),
             breaker_policies=_json_object("BREAKER_POLICIES", _env("BREAKER_POLICIES", "{}")),
+            bulkhead_max_calls=_limits("BULKHEAD_MAX_CALLS", _env("BULKHEAD_MAX_CALLS", "{}")),
             admission_max_waiting_payments=int(_env("ADMISSION_MAX_WAITING_PAYMENTS", "500")),
             admission_retry_after_s=float(_env("ADMISSION_RETRY_AFTER_S", "2")),
             inline_steps=int(_env("INLINE_STEPS", "4")),
@@ -88,6 +90,17 @@ def _json_object(name: str, raw: str) -> dict[str, dict[str, float]]:
         raise ValueError(f"{name} is not valid JSON: {exc}") from None
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise ValueError(f"{name} must be a JSON object of objects")
+    return value
+
+
+def _limits(name: str, raw: str) -> dict[str, int]:
+    """BULKHEAD_MAX_CALLS {"<provider>": N}: at most N calls in flight to that provider per worker process."""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
+        raise ValueError(f"{name} must be a JSON object of whole numbers, e.g. {{\"messaging\": 8}}")
     return value
 
 

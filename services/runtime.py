@@ -10,6 +10,7 @@ from celery import Celery
 from domain.model import utcnow
 from infra.breakers import BreakerPolicy, Breakers
 from infra.broker import Publisher, make_celery
+from infra.bulkheads import Bulkheads
 from infra.config import Settings
 from infra.db import Database
 from infra.providers import Providers
@@ -27,6 +28,7 @@ class Runtime:
     publisher: Publisher
     definitions: Mapping[str, SagaDefinition] = field(default_factory=lambda: dict(DEFINITIONS))
     breakers: Breakers | None = None
+    bulkheads: Bulkheads = field(default_factory=lambda: Bulkheads({}))
     steps: Mapping[str, StepEffects] = field(default_factory=lambda: dict(STEP_EFFECTS))
     clock: Callable[[], datetime] = utcnow  # every service reads the time here, so tests can move it
 
@@ -47,6 +49,7 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
         publisher=Publisher(celery, settings.queue, settings.chaos_duplicate_dispatch, settings.publish_timeout_s),
         definitions=configured_definitions(settings.step_policies),
         breakers=build_breakers(settings),
+        bulkheads=Bulkheads({p: int(n) for p, n in settings.bulkhead_max_calls.items()}),
     )
 
 

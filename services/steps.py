@@ -73,11 +73,12 @@ def perform(rt: Runtime, context: StepContext, provider: str) -> tuple[Event, ob
     action = rt.steps[context.step].call
     assert action is not None, f"{context.step} calls no provider"
     try:
-        if rt.breakers is None:
-            reply = action(rt.providers, context)
-        else:
-            reply = rt.breakers.call(provider, action, rt.providers, context)
-    except ProviderBlocked as exc:
+        with rt.bulkheads.slot(provider):
+            if rt.breakers is None:
+                reply = action(rt.providers, context)
+            else:
+                reply = rt.breakers.call(provider, action, rt.providers, context)
+    except ProviderBlocked as exc:  # its breaker is open, or its bulkhead full: wait, no attempt spent
         return StepBlocked(context.step, exc.retry_after_s + jitter()), exc
     except PaymentDeclined as exc:
         return StepFailed(context.step, str(exc), permanent=True), exc

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -30,12 +31,18 @@ class _Holder:
         self.settings = settings
         self.celery = celery
         self.runtime: Runtime | None = None
+        self._lock = threading.Lock()  # a pool of threads builds one runtime, not one per thread
 
     def get(self) -> Runtime:
-        if self.runtime is None:
-            self.runtime = build_runtime(self.settings, self.celery)
-            self.runtime.steps = poisoned(self.runtime.steps, self.settings.chaos_poison_steps)
-        return self.runtime
+        runtime = self.runtime
+        if runtime is not None:
+            return runtime
+        with self._lock:
+            if self.runtime is None:
+                built = build_runtime(self.settings, self.celery)
+                built.steps = poisoned(built.steps, self.settings.chaos_poison_steps)
+                self.runtime = built
+            return self.runtime
 
     def reset(self, **_: Any) -> None:
         self.runtime = None

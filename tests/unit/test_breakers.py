@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import fakeredis
@@ -162,3 +164,43 @@ def test_a_redis_client_waits_once_for_a_server_that_never_answers() -> None:
         with pytest.raises(redis.TimeoutError):
             client.ping()
         assert time.monotonic() - started < 0.4  # redis-py's default would retry three times with backoff
+
+
+def test_calls_to_one_provider_run_side_by_side_through_its_breaker(server: fakeredis.FakeServer) -> None:
+    """pybreaker's own call holds the breaker's lock for the whole call; ours only around the bookkeeping."""
+    b = breakers(server)
+    together = threading.Barrier(4, timeout=5)  # broken (an error) unless four calls are in flight at once
+
+    def meet() -> str:
+        together.wait()
+        return "ok"
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: b.call("payment", meet), range(4)))
+    assert answers == ["ok"] * 4
+
+
+def test_failures_of_concurrent_calls_are_all_counted_and_open_the_breaker(server: fakeredis.FakeServer) -> None:
+    b = breakers(server, fail_max=3)
+    together = threading.Barrier(3, timeout=5)
+
+    def fail_together() -> str:
+        together.wait()
+        raise ProviderError("payment answered 500", uncertain=True)
+
+    with ThreadPoolExecutor(3) as pool:
+        errors = [f.exception() for f in [pool.submit(b.call, "payment", fail_together) for _ in range(3)]]
+    assert all(isinstance(e, ProviderError) for e in errors)  # each call's own error, never swallowed
+    with pytest.raises(ProviderBlocked):
+        b.call("payment", ok)
+
+
+def test_an_open_breaker_lets_a_trial_call_through_after_its_reset_time(server: fakeredis.FakeServer) -> None:
+    b = Breakers(CountingRedis(server=server), {"payment": BreakerPolicy(fail_max=1, reset_s=0.2)},
+                 namespace="test", state_ttl_s=0.0)
+    fail_times(b, 1)
+    with pytest.raises(ProviderBlocked):
+        b.call("payment", ok)
+    time.sleep(0.25)  # the breaker's reset time is wall-clock time in pybreaker
+    assert b.call("payment", ok) == "ok"
+    assert b.state("payment").name == "closed"

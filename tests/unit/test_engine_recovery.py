@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from domain.model import OrderStatus
+from infra.bulkheads import Bulkheads
 from saga.order_saga import ORDER_SAGA
 from services.runtime import configured_definitions
 from services.steps import Attempt, claim, perform, record
@@ -226,3 +227,36 @@ def test_a_message_blocked_for_too_long_is_dropped_and_the_order_still_ships(eng
     assert engine.saga(placed.saga_id).status == "COMPLETED"
     assert engine.notifications(placed.saga_id)["notify"].status == "FAILED"
     assert engine.providers.messages == []
+
+
+# --- bulkheads -------------------------------------------------------------------------------------------------------
+def test_a_full_bulkhead_parks_the_step_without_spending_an_attempt_and_it_runs_once_a_slot_frees(
+        engine: Engine) -> None:
+    engine.rt.bulkheads = Bulkheads({"payment": 1}, retry_after_s=1.0)
+    placed = engine.place()
+
+    with engine.rt.bulkheads.slot("payment"):  # another saga's charge holds the only slot
+        engine.deliver()
+        pay = engine.steps(placed.saga_id)["pay"]
+        assert (pay.status, pay.attempts) == ("WAITING", 0)
+        assert "calls in flight are at this process's cap" in pay.error
+        assert engine.providers.calls == []
+    engine.settle()
+
+    assert engine.steps(placed.saga_id)["pay"].attempts == 1
+    assert len(engine.providers.charges) == 1
+    assert engine.order(placed.order.id).status is OrderStatus.SHIPPED
+
+
+def test_a_full_messaging_bulkhead_does_not_hold_up_payments(engine: Engine) -> None:
+    engine.rt.bulkheads = Bulkheads({"messaging": 1, "payment": 1}, retry_after_s=1.0)
+    placed = engine.place()
+
+    with engine.rt.bulkheads.slot("messaging"):  # a hanging messaging call
+        engine.deliver()
+        steps = engine.steps(placed.saga_id)
+        assert steps["pay"].status == steps["ship"].status == "SUCCEEDED"
+        assert steps["notify"].status == "WAITING"
+    engine.settle()
+
+    assert engine.steps(placed.saga_id)["notify"].status == "SUCCEEDED"
