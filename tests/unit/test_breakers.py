@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
@@ -196,11 +197,12 @@ def test_failures_of_concurrent_calls_are_all_counted_and_open_the_breaker(serve
 
 
 def test_an_open_breaker_lets_a_trial_call_through_after_its_reset_time(server: fakeredis.FakeServer) -> None:
-    b = Breakers(CountingRedis(server=server), {"payment": BreakerPolicy(fail_max=1, reset_s=0.2)},
-                 namespace="test", state_ttl_s=0.0)
+    b = breakers(server, fail_max=1)  # reset after 30 s
     fail_times(b, 1)
     with pytest.raises(ProviderBlocked):
         b.call("payment", ok)
-    time.sleep(0.25)  # the breaker's reset time is wall-clock time in pybreaker
-    assert b.call("payment", ok) == "ok"
+    storage = b._breakers["payment"][1]
+    opened = datetime.now(UTC) - timedelta(seconds=31)  # as if it opened half a minute ago (pybreaker's setter
+    storage._redis.set(storage._namespace("opened_at"), int(opened.timestamp()))  # only moves forward)
+    assert b.call("payment", ok) == "ok"  # the trial call goes through and closes the breaker
     assert b.state("payment").name == "closed"
