@@ -53,9 +53,13 @@ def test_payment_breaker_opens_turns_orders_away_with_retry_after_and_recovers(l
     accepted_41 = [o["id"] for o in accepted if o["customer_id"] == 41]
     assert [o["order_id"] for o in live.client.get("/customers/41/orders").get_json()] == accepted_41[::-1]
     assert live.client.get("/books").status_code == 200
-    waiting = [live.steps(live.saga(o["saga_id"]))["pay"] for o in accepted]
-    assert any(step["status"] == "WAITING" for step in waiting), waiting
-    assert all(step["status"] in ("WAITING", "PENDING", "RUNNING") for step in waiting)
+    def pay_steps() -> list[dict[str, Any]]:
+        return [live.steps(live.saga(o["saga_id"]))["pay"] for o in accepted]
+
+    # the calls that failed were attempts (retried after a backoff); the retries find the breaker open and wait
+    wait_until(lambda: any(step["status"] == "WAITING" for step in pay_steps()), 10, 0.05,
+               "a payment step to wait for the open breaker")
+    assert all(step["status"] in ("WAITING", "PENDING", "RUNNING") for step in pay_steps())
 
     live.sandbox.behave("payment", error_rate=0.0)
     wait_orders(live, accepted, "SHIPPED")

@@ -206,3 +206,14 @@ def test_an_open_breaker_lets_a_trial_call_through_after_its_reset_time(server: 
     storage._redis.set(storage._namespace("opened_at"), int(opened.timestamp()))  # only moves forward)
     assert b.call("payment", ok) == "ok"  # the trial call goes through and closes the breaker
     assert b.state("payment").name == "closed"
+
+
+def test_the_failure_that_opens_the_breaker_is_raised_as_itself_so_a_lost_answer_stays_uncertain(
+        server: fakeredis.FakeServer) -> None:
+    """Reported as "breaker open", a call that may have charged would wait with its attempt given back and no
+    doubt recorded; raised as itself, the step records the doubt and asks again with the same key."""
+    b = breakers(server, fail_max=1)
+    with pytest.raises(ProviderError) as raised:
+        b.call("payment", fail)
+    assert raised.value.uncertain
+    assert b.state("payment").name == "open"
