@@ -99,10 +99,12 @@ def start_sandbox(port: int, log_dir: Path | None = None, data_dir: Path | None 
     return ProcessHandle(proc, url, log)
 
 
-def start_worker(env: dict[str, str], log: Path, concurrency: int = 2, name: str = "w1") -> ProcessHandle:
-    """A real Celery worker process (prefork) on the given environment; it runs the recovery sweeper loop."""
+def start_worker(env: dict[str, str], log: Path, concurrency: int = 2, name: str = "w1",
+                 pool: str = "prefork") -> ProcessHandle:
+    """A real Celery worker process (prefork unless told) on the given environment; it runs the recovery sweeper
+    loop."""
     argv = [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "--loglevel", "INFO",
-            "--concurrency", str(concurrency), "--queues", env["SAGA_QUEUE"], "--without-mingle",
+            "--pool", pool, "--concurrency", str(concurrency), "--queues", env["SAGA_QUEUE"], "--without-mingle",
             "--without-gossip", "--hostname", f"{name}@%h"]
     proc = spawn(argv, env, log)
     handle = ProcessHandle(proc, log=log)
