@@ -69,11 +69,6 @@ CANCEL_SAGA = SagaDefinition(
 DEFINITIONS: dict[str, SagaDefinition] = {d.kind: d for d in (ORDER_SAGA, CANCEL_SAGA)}
 
 
-def definition_for(kind: str) -> SagaDefinition:
-    """The definition of saga `kind`."""
-    return DEFINITIONS[kind]
-
-
 def order_outcome(kind: str, saga: SagaStatus, cancel_requested: bool, current: OrderStatus) -> OrderStatus | None:
     """The order status an undone order saga leaves (None: the order keeps the status its steps gave it): a
     cancel, or a failure after the order was confirmed, cancels it; a failure before that rejects it."""
