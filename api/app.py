@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_CDN,
         API_SPEC_OPTIONS={"info": {"description": "Orders for an online bookstore, carried by an orchestrated saga."}},
         SQLALCHEMY_DATABASE_URI=normalize_url(settings.database_url),
-        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url),
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url, settings.db_pool_size),
         JSON_SORT_KEYS=False,
     )
     if runtime is None:

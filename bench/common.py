@@ -269,22 +269,25 @@ def start_api(stack: contextlib.ExitStack, env: dict[str, str], log_dir: Path, w
 
 
 def celery_worker_argv(app_module: str, concurrency: int, queue: str, hostname: str,
-                       beat_schedule: Path | None = None) -> list[str]:
-    """`bookmarket worker`'s Celery argv (cli.main.celery_worker), on `app_module`, with a hostname."""
+                       beat_schedule: Path | None = None, pool: str = "threads") -> list[str]:
+    """`bookmarket worker`'s Celery argv (cli.main.celery_worker), on `app_module`, with a hostname; `pool`
+    replaces the product's thread pool (prefork: `concurrency` child processes)."""
     from cli.main import celery_worker
 
-    argv = celery_worker(concurrency, queue, str(beat_schedule) if beat_schedule else None)
+    argv = celery_worker(concurrency, queue, str(beat_schedule) if beat_schedule else None, f"{hostname}@%h")
     argv[argv.index("workers.main")] = app_module
-    return argv + ["--hostname", f"{hostname}@%h"]
+    argv[argv.index("--pool") + 1] = pool
+    return argv
 
 
 def start_workers(stack: contextlib.ExitStack, app_module: str, env: dict[str, str], log_dir: Path, count: int,
-                  concurrency: int, queue: str, prefix: str, beat: bool) -> list[Proc]:
-    """`count` Celery worker processes (prefork, `concurrency` children each); the sweeper beat in the first."""
+                  concurrency: int, queue: str, prefix: str, beat: bool, pool: str = "threads") -> list[Proc]:
+    """`count` Celery worker processes (`concurrency` threads, or prefork children, each); the sweeper beat in the
+    first."""
     procs = []
     for i in range(count):
         schedule = log_dir / f"{prefix}-beat-schedule" if beat and i == 0 else None
-        argv = celery_worker_argv(app_module, concurrency, queue, f"{prefix}{i + 1}-{run_id()}", schedule)
+        argv = celery_worker_argv(app_module, concurrency, queue, f"{prefix}{i + 1}-{run_id()}", schedule, pool)
         procs.append(start_process(stack, f"{prefix}-worker{i + 1}", argv, env, log_dir))
     for proc in procs:
         wait_log(proc, "ready.")

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cli.main import gunicorn  # noqa: E402
+from cli.main import WORKER_THREADS, gunicorn_api  # noqa: E402
 from infra.db import make_engine  # noqa: E402
 from infra.migrate import upgrade  # noqa: E402
 from tests.conftest import create_pg_database  # noqa: E402
@@ -52,9 +52,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=100, help="concurrent clients (100)")
     p.add_argument("--seconds", type=float, default=60, help="how long clients post (60)")
     p.add_argument("--latency-ms", default="400,620", help="sandbox payment latency range (400,620)")
-    p.add_argument("--concurrency", type=int, default=8, help="Celery prefork children in the worker (8)")
-    p.add_argument("--max-waiting", type=int, default=100, help="ADMISSION_MAX_WAITING_PAYMENTS (100)")
-    p.add_argument("--api-workers", type=int, default=2, help="gunicorn API processes (2)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (2, as `bookmarket up`)")
+    p.add_argument("--threads", type=int, default=WORKER_THREADS, help=f"threads per worker process ({WORKER_THREADS}, "
+                   "as `bookmarket worker`)")
+    p.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for the API and the workers (repeatable); none: the product's defaults")
     p.add_argument("--drain-timeout", type=float, default=300, help="seconds to wait for sagas to end (300)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))
     return p.parse_args()
@@ -76,6 +78,7 @@ class Clients:
         self.lock = threading.Lock()
 
     def run(self) -> None:
+        self.started_at = time.time()
         deadline = time.monotonic() + self.seconds
         threads = [threading.Thread(target=self._client, args=(i, deadline), daemon=True) for i in range(self.clients)]
         for t in threads:
@@ -88,6 +91,7 @@ class Clients:
             print(f"  t={time.monotonic() - started:5.1f}s answered={sum(counts.values())} "
                   f"202={counts[202]} 503={counts[503]} other={sum(counts.values()) - counts[202] - counts[503]}",
                   flush=True)
+        self.ended_at = time.time()
 
     def _client(self, index: int, deadline: float) -> None:
         session = requests.Session()
@@ -147,20 +151,22 @@ def main() -> int:
         sandbox.behave("payment", latency_ms=[low, high])
         env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=REDIS_BASE_URL,
                    SAGA_QUEUE=f"saga-overload-{uuid.uuid4().hex[:6]}", SANDBOX_URL=sandbox_proc.url,
-                   ADMISSION_MAX_WAITING_PAYMENTS=str(args.max_waiting), PROVIDER_TIMEOUT_S="5")
+                   **dict(s.split("=", 1) for s in args.setting))
         env.pop("PAYMENT_URL", None), env.pop("DELIVERY_URL", None), env.pop("MESSAGING_URL", None)
-        procs.append(start_worker(env, tmp / "worker.log", args.concurrency))
+        for i in range(args.workers):
+            procs.append(start_worker(env, tmp / f"worker{i + 1}.log", args.threads, name=f"w{i + 1}"))
         port = free_port()
-        api = spawn(gunicorn("127.0.0.1", port, "api.wsgi:app", args.api_workers, 32, 10), env, tmp / "api.log")
+        api = spawn(gunicorn_api("127.0.0.1", port), env, tmp / "api.log")
         procs.append(ProcessHandle(api, log=tmp / "api.log"))
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/books", api)
-        print(f"overload: {args.clients} clients for {args.seconds:g}s, payment {low}-{high} ms", flush=True)
+        print(f"overload: {args.clients} clients for {args.seconds:g}s, payment {low}-{high} ms, {args.workers} "
+              f"worker process(es) x {args.threads} threads, API as `bookmarket api`", flush=True)
         clients = Clients(url, args.clients, args.seconds)
         clients.run()
         engine = make_engine(database_url)
         drain_s = drain(engine, args.drain_timeout)
-        report = summarize(clients.results, args, engine, sandbox, drain_s, command)
+        report = summarize(clients, args, engine, sandbox, drain_s, command)
         engine.dispose()
     finally:
         for proc in reversed(procs):
@@ -173,8 +179,9 @@ def main() -> int:
     return 0 if report["all_accepted_terminal"] and report["ledger"]["balanced"] else 1
 
 
-def summarize(results: list[tuple[int, float]], args: argparse.Namespace, engine: sa.Engine, sandbox: Sandbox,
+def summarize(clients: Clients, args: argparse.Namespace, engine: sa.Engine, sandbox: Sandbox,
               drain_s: float, command: str) -> dict[str, Any]:
+    results = clients.results
     counts = Counter(code for code, _ in results)
     latencies = [lat * 1000 for _, lat in results]
     with engine.connect() as conn:
@@ -183,6 +190,10 @@ def summarize(results: list[tuple[int, float]], args: argparse.Namespace, engine
                                         "WHERE s.kind = 'order' AND s.status IN "
                                         "('COMPLETED','COMPENSATED','FAILED')")).scalar_one()
         statuses = dict(conn.execute(sa.text("SELECT status, count(*) FROM orders GROUP BY status")).all())
+        # sagas that ended while the clients were still posting: the rate the stack finished orders under load
+        ended_in_run = conn.execute(sa.text(
+            "SELECT count(*) FROM sagas WHERE kind = 'order' AND finished_at BETWEEN to_timestamp(:a) AND "
+            "to_timestamp(:b)"), {"a": clients.started_at, "b": clients.ended_at}).scalar_one()
     answered = len(results)
     return {
         "command": command, "clients": args.clients, "seconds": args.seconds, "payment_latency_ms": args.latency_ms,
@@ -194,7 +205,9 @@ def summarize(results: list[tuple[int, float]], args: argparse.Namespace, engine
         "latency_ms": {"p50": round(percentile(latencies, 50), 1), "p95": round(percentile(latencies, 95), 1),
                        "p99": round(percentile(latencies, 99), 1), "max": round(max(latencies, default=0), 1),
                        "mean": round(statistics.fmean(latencies), 1) if latencies else 0},
-        "orders_accepted": accepted, "accepted_terminal": terminal, "all_accepted_terminal": terminal == accepted,
+        "orders_accepted": accepted, "accepted_per_s": round(accepted / args.seconds, 1),
+        "finished_per_s_during_run": round(ended_in_run / args.seconds, 1),
+        "accepted_terminal": terminal, "all_accepted_terminal": terminal == accepted,
         "order_statuses": statuses, "drain_s": round(drain_s, 1), "ledger": ledger_balances(engine, sandbox),
     }
 
@@ -206,7 +219,8 @@ def print_report(r: dict[str, Any]) -> None:
         ("requests answered", f"{r['answered']} ({r['requests_per_s']}/s)"),
         ("202 / 503 / other", f"{r['share_202']:.1%} / {r['share_503']:.1%} / {r['share_other']:.1%}"),
         ("latency p50 / p95 / p99 / max", f"{lat['p50']} / {lat['p95']} / {lat['p99']} / {lat['max']} ms"),
-        ("orders accepted", r["orders_accepted"]),
+        ("orders accepted", f"{r['orders_accepted']} ({r['accepted_per_s']}/s)"),
+        ("sagas finished while clients posted", f"{r['finished_per_s_during_run']}/s"),
         ("accepted orders terminal after drain", f"{r['accepted_terminal']} (drain {r['drain_s']} s)"),
         ("order statuses", r["order_statuses"]),
         ("payment ledger balances", f"{r['ledger']['balanced']} ({r['ledger']['charges']} charges, "

@@ -45,6 +45,7 @@ import sqlalchemy as sa  # noqa: E402
 import urllib3  # noqa: E402
 
 from bench import common as c  # noqa: E402
+from cli.main import WORKER_THREADS  # noqa: E402
 
 SYSTEMS = ("ours", "bare", "dbos")
 SAGA_TERMINAL = ("COMPLETED", "COMPENSATED", "FAILED")
@@ -58,19 +59,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--orders", type=int, default=2000, help="orders per system and worker count (2000)")
     p.add_argument("--clients", type=int, default=32, help="concurrent client threads (32)")
     p.add_argument("--workers", default="1,2", help="worker process counts to try, comma-separated (1,2)")
-    p.add_argument("--concurrency", type=int, default=2, help="Celery prefork children per worker process (2)")
+    p.add_argument("--pool", choices=("threads", "prefork"), default="threads", help="Celery pool of ours and of the "
+                   "bare chain (threads, as `bookmarket worker`)")
+    p.add_argument("--concurrency", default=None, help="per worker process, comma-separated to try several: threads "
+                   f"(the product's default, {WORKER_THREADS}) or prefork children (2)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="which of ours,bare,dbos to run (all)")
     p.add_argument("--api-workers", type=int, default=2, help="gunicorn worker processes of the API (2, as "
                    "`bookmarket up`)")
     p.add_argument("--repeat", type=int, default=1, help="runs per system and worker count; the table shows the run "
                    "with the median throughput and the range over all runs (1)")
     p.add_argument("--warmup", type=int, default=20, help="warm-up orders per phase, not measured (20)")
-    p.add_argument("--latency-ms", default="0", help="sandbox provider latency: MS or MIN,MAX (0)")
+    p.add_argument("--latency-ms", nargs="+", default=["0"], help="sandbox provider latency on every call: MS or "
+                   "MIN,MAX; several (`0 400,620`) run every system at each, in one run (0)")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for a phase's orders to finish (600)")
     p.add_argument("--dbos-mode", choices=("queue", "start"), default="queue", help="how DBOS workflows are "
                    "started (queue)")
-    p.add_argument("--dbos-concurrency", type=int, default=16, help="queue mode: workflows running at once per "
-                   "DBOS process (16; DBOS runs workflows as threads)")
+    p.add_argument("--dbos-concurrency", default="16", help="queue mode: workflows running at once per DBOS process, "
+                   "comma-separated to try several (16; DBOS runs workflows as threads)")
     p.add_argument("--dbos-poll", type=float, default=0.05, help="queue mode: DBOS queue polling interval in "
                    "seconds (0.05; DBOS's default is 1)")
     p.add_argument("--admission-limit", type=int, default=1_000_000, help="ADMISSION_MAX_WAITING_PAYMENTS for the "
@@ -82,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default="saga_throughput", help="output name: bench/results/<name>.json/.png")
     p.add_argument("--keep-logs", action="store_true", help="keep the child processes' logs (path printed)")
     args = p.parse_args(argv)
+    default_concurrency = WORKER_THREADS if args.pool == "threads" else 2
+    args.concurrencies = [int(x) for x in (args.concurrency or str(default_concurrency)).split(",") if x.strip()]
+    args.default_concurrency = default_concurrency if default_concurrency in args.concurrencies else \
+        args.concurrencies[0]
+    args.dbos_concurrencies = [int(x) for x in str(args.dbos_concurrency).split(",") if x.strip()]
+    args.concurrency, args.dbos_concurrency = args.concurrencies[0], args.dbos_concurrencies[0]
     args.worker_counts = [int(x) for x in args.workers.split(",") if x.strip()]
     args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(args.system_list) - set(SYSTEMS)
@@ -89,9 +100,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--systems: choose from {','.join(SYSTEMS)}")
     if args.orders < 1 or args.clients < 1 or args.repeat < 1 or not args.worker_counts or min(args.worker_counts) < 1:
         p.error("--orders, --clients and --workers must be positive")
-    bounds = [int(x) for x in args.latency_ms.split(",")]
-    args.latency = (bounds[0], bounds[-1])
+    args.latencies = []
+    for value in args.latency_ms:
+        bounds = [int(x) for x in value.split(",")]
+        args.latencies.append((bounds[0], bounds[-1]))
+    args.latency = args.latencies[0]
     return args
+
+
+def variants(args: argparse.Namespace, system: str) -> list[argparse.Namespace]:
+    """The settings to run `system` with: one per concurrency given for it."""
+    if system == "dbos":
+        return [argparse.Namespace(**{**vars(args), "dbos_concurrency": n}) for n in args.dbos_concurrencies]
+    return [argparse.Namespace(**{**vars(args), "concurrency": n}) for n in args.concurrencies]
 
 
 def _redis_db(url: str, db: int) -> str:
@@ -122,11 +143,12 @@ class Phase:
         self.system = system
         self.workers = workers
         if system != "dbos":
-            self.concurrency, self.unit = args.concurrency, "proc"  # Celery prefork children per worker process
+            self.concurrency = args.concurrency  # Celery threads or prefork children per worker process
+            self.unit = "thr" if args.pool == "threads" else "proc"
         elif args.dbos_mode == "queue":
             self.concurrency, self.unit = args.dbos_concurrency, "wf"  # DBOS queue worker_concurrency
         else:
-            self.concurrency, self.unit = math.ceil(args.clients / workers), "thr"  # starting threads per process
+            self.concurrency, self.unit = math.ceil(args.clients / workers), "start"  # starting threads per process
         self.orders = args.orders
         self.starts: list[float | None] = [None] * args.orders  # epoch s, taken by the client
         self.post_ms: list[float] = []
@@ -152,7 +174,8 @@ class Phase:
         self.result = {
             "system": self.system, "measured": True, "workers": self.workers, "concurrency": self.concurrency,
             "concurrency_unit": {"proc": "prefork children per worker process", "wf": "DBOS queue "
-                                 "worker_concurrency per process", "thr": "threads starting workflows per process"}[
+                                 "worker_concurrency per process", "thr": "Celery threads per worker process",
+                                 "start": "threads starting workflows per process"}[
                                      self.unit],
             "label": f"{self.workers} x {self.concurrency}{'' if self.unit == 'proc' else ' ' + self.unit}",
             "orders": self.orders, "completed": completed,
@@ -192,7 +215,8 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         stack.callback(_delete_queue_keys, args.redis, queue)
         env = c.base_env(DATABASE_URL=url, REDIS_URL=args.redis, SAGA_QUEUE=queue, **sandbox.provider_env(),
                          ADMISSION_MAX_WAITING_PAYMENTS=str(args.admission_limit))
-        procs = c.start_workers(stack, "workers.main", env, logs, workers, args.concurrency, queue, "saga", beat=True)
+        procs = c.start_workers(stack, "workers.main", env, logs, workers, args.concurrency, queue, "saga", beat=True,
+                                pool=args.pool)
         api, api_url = c.start_api(stack, env, logs, args.api_workers)
         db = c.engine(stack, url)
         c.log(f"ours w={workers}: API {api_url}, {workers} worker process(es) x {args.concurrency}, queue {queue}")
@@ -302,7 +326,7 @@ def run_bare(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         stack.callback(_delete_queue_keys, args.bare_redis, queue, finish_key, fail_key, warm_finish, warm_fail)
         env = c.base_env(BARE_BROKER_URL=args.bare_redis, BARE_QUEUE=queue, **sandbox.provider_env())
         procs = c.start_workers(stack, "bench.bare_chain", env, logs, workers, args.concurrency, queue, "bare",
-                                beat=False)
+                                beat=False, pool=args.pool)
         from bench import bare_chain
 
         bare_chain.configure_client(args.bare_redis, queue)
@@ -506,22 +530,39 @@ def _version(package: str) -> str | None:
 RUNNERS = {"ours": run_ours, "bare": run_bare, "dbos": run_dbos}
 
 
-def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """ours/bare and ours/dbos for throughput and p50 latency, per worker count."""
+def ratios(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per latency and worker count: ours (at the product's default concurrency) against the bare chain and DBOS,
+    each at its default and at its best concurrency in this run, and against ours at latency 0 in this run."""
     out = []
-    by = {(r["system"], r["workers"]): r for r in results if r.get("measured")}
-    for workers in sorted({r["workers"] for r in results}):
-        ours = by.get(("ours", workers))
-        if ours is None:
-            continue
-        row: dict[str, Any] = {"workers": workers}
-        for other in ("bare", "dbos"):
-            base = by.get((other, workers))
-            row[f"ours/{other} throughput"] = _div(ours["throughput_per_s"], base["throughput_per_s"]) if base \
-                else None
-            row[f"ours/{other} p50 latency"] = _div(ours["latency"]["p50_ms"], base["latency"]["p50_ms"]) if base \
-                else None
-        out.append(row)
+    measured = [r for r in results if r.get("measured")]
+
+    def pick(latency: list[int], system: str, workers: int) -> list[dict[str, Any]]:
+        return [r for r in measured if r["latency_ms"] == latency and r["system"] == system and r["workers"] == workers]
+
+    for latency in args.latencies:
+        for workers in args.worker_counts:
+            ours_all = pick(list(latency), "ours", workers)
+            ours = next((r for r in ours_all if r["concurrency"] == args.default_concurrency), None)
+            if ours is None:
+                continue
+            row: dict[str, Any] = {"latency_ms": list(latency), "workers": workers, "ours": ours["label"],
+                                   "ours_per_s": ours["throughput_per_s"]}
+            zero = next((r for r in pick([0, 0], "ours", workers) if r["concurrency"] == ours["concurrency"]), None)
+            row["ours/ours at 0 ms"] = _div(ours["throughput_per_s"], zero["throughput_per_s"]) if zero and \
+                latency != (0, 0) else None
+            for other, default in (("bare", args.default_concurrency), ("dbos", 16)):
+                found = pick(list(latency), other, workers)
+                base = next((r for r in found if r["concurrency"] == default), None)
+                best = max(found, key=lambda r: r["throughput_per_s"], default=None)
+                row[f"ours/{other} default"] = _div(ours["throughput_per_s"], base["throughput_per_s"]) if base \
+                    else None
+                row[f"{other} default"] = base["label"] if base else None
+                row[f"ours/{other} best"] = _div(ours["throughput_per_s"], best["throughput_per_s"]) if best \
+                    else None
+                row[f"{other} best"] = best["label"] if best else None
+                row[f"ours/{other} p50 latency"] = _div(ours["latency"]["p50_ms"], base["latency"]["p50_ms"]) \
+                    if base else None
+            out.append(row)
     return out
 
 
@@ -530,34 +571,40 @@ def _div(a: float, b: float) -> float:
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[str, Any]) -> None:
-    headers = ["system", "W x conc", "orders", "completed", "failures", "sagas/s", "p50 ms", "p95 ms", "p99 ms",
-               "submit p50 ms", "submit p99 ms", "503 retries", "API peak MB", "workers peak MB", "runs sagas/s"]
+    headers = ["latency ms", "system", "W x conc", "orders", "completed", "failures", "sagas/s", "p50 ms", "p95 ms",
+               "p99 ms", "submit p50 ms", "submit p99 ms", "503 retries", "API peak MB", "workers peak MB",
+               "peak MB/proc", "runs sagas/s"]
     rows = []
     for r in results:
+        lat = "-".join(str(x) for x in sorted(set(r["latency_ms"])))
         if not r.get("measured"):
-            rows.append([r["system"], f"{r['workers']} x -", args.orders, "NOT MEASURED", "-", None, None, None,
-                         None, None, None, None, None, None, None])
+            rows.append([lat, r["system"], f"{r['workers']} x {r.get('concurrency', '-')}", args.orders,
+                         "NOT MEASURED", *[None] * 12])
             continue
         mem = r["memory"]
-        rows.append([r["system"] + (f" ({r['dbos_mode']})" if r["system"] == "dbos" else ""),
+        rows.append([lat, r["system"] + (f" ({r['dbos_mode']})" if r["system"] == "dbos" else ""),
                      r["label"], r["orders"], r["completed"], r["failures"],
                      r["throughput_per_s"], r["latency"]["p50_ms"], r["latency"]["p95_ms"], r["latency"]["p99_ms"],
                      r["submit"]["p50_ms"], r["submit"]["p99_ms"], r.get("post_503_retries"),
                      mem.get("api", {}).get("peak_rss_mb"),
                      mem.get("workers", {}).get("peak_rss_mb"),
+                     mem.get("workers", {}).get("peak_single_process_rss_mb"),
                      " / ".join(str(x) for x in r.get("runs_throughput_per_s", []))])
-    c.print_table(f"saga throughput: {args.orders} orders, {args.clients} clients, sandbox latency "
-                  f"{args.latency[0]}-{args.latency[1]} ms", headers, rows)
+    c.print_table(f"saga throughput: {args.orders} orders, {args.clients} clients, Celery {args.pool} pool",
+                  headers, rows)
     for r in results:
         if not r.get("measured"):
             print(f"  {r['system']} w={r['workers']}: not measured: {r['reason']}")
     _cpu_table(results)
-    rat = ratios(results)
+    rat = ratios(args, results)
     if rat:
-        c.print_table("ratios (ours / baseline; throughput < 1 and latency > 1 mean ours is slower)",
-                      ["workers", "ours/bare sagas/s", "ours/bare p50", "ours/dbos sagas/s", "ours/dbos p50"],
-                      [[x["workers"], x["ours/bare throughput"], x["ours/bare p50 latency"],
-                        x["ours/dbos throughput"], x["ours/dbos p50 latency"]] for x in rat], digits=2)
+        c.print_table("ratios of throughput (ours at its default concurrency / the other; < 1: ours is slower)",
+                      ["latency ms", "W", "ours", "/ours at 0 ms", "/bare default", "/bare best", "bare best",
+                       "/dbos 16 wf", "/dbos best", "dbos best", "p50 / dbos 16 wf"],
+                      [["-".join(str(x) for x in sorted(set(x["latency_ms"]))), x["workers"], x["ours"],
+                        x["ours/ours at 0 ms"], x["ours/bare default"], x["ours/bare best"], x["bare best"],
+                        x["ours/dbos default"], x["ours/dbos best"], x["dbos best"], x["ours/dbos p50 latency"]]
+                       for x in rat], digits=2)
     command = c.command_line()
     payload = {"benchmark": "saga_throughput", "command": command,
                "params": {k: v for k, v in vars(args).items() if k not in ("worker_counts", "system_list")},
@@ -567,7 +614,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[st
                          "throughput = completed / (last finish - first start)",
                          "with --repeat N: each row is the run with the median throughput; every run is under "
                          "all_runs, and the runs interleave systems",
-                         "peak RSS sums every process of a tree (shared pages counted in each process)",
+                         "peak RSS sums every process of a tree (shared pages counted in each process); "
+                         "peak MB/proc is the largest single process",
                          "the client threads run on the same 2-core machine as the system under test"]}
     json_path = c.write_json(args.name, payload)
     png_path = _chart(args, results, command)
@@ -595,34 +643,31 @@ def _cpu_table(results: list[dict[str, Any]]) -> None:
 
 
 def _chart(args: argparse.Namespace, results: list[dict[str, Any]], command: str) -> Path:
-    groups = [f"{w} worker proc" for w in args.worker_counts]
-    systems = [s for s in args.system_list]
-    by = {(r["system"], r["workers"]): r for r in results}
+    """Throughput, p50 and p99 latency and worker memory, grouped by latency and worker count, a bar per variant."""
+    groups = [(lat, w) for lat in args.latencies for w in args.worker_counts]
+    names = [f"{lat[0]}-{lat[1]} ms, {w} proc" for lat, w in groups]
+    series_keys = sorted({(r["system"], r["concurrency"]) for r in results},
+                         key=lambda k: (args.system_list.index(k[0]), k[1]))
+    by = {(tuple(r["latency_ms"]), r["workers"], r["system"], r["concurrency"]): r for r in results}
 
     def series(get: Any) -> dict[str, list[float]]:
         out = {}
-        for s in systems:
+        for system, conc in series_keys:
             vals = []
-            for w in args.worker_counts:
-                r = by.get((s, w))
+            for lat, w in groups:
+                r = by.get((lat, w, system, conc))
                 vals.append(get(r) if r and r.get("measured") else math.nan)
-            out[s] = vals
+            out[f"{system} x{conc}"] = vals
         return out
 
     fig, axes = c.new_figure(2, 2)
-    c.grouped_bars(axes[0], groups, series(lambda r: r["throughput_per_s"]), "completed per second",
+    c.grouped_bars(axes[0], names, series(lambda r: r["throughput_per_s"]), "completed per second",
                    "throughput (higher is better)")
-    c.grouped_bars(axes[1], groups, series(lambda r: r["latency"]["p50_ms"]), "ms", "latency p50, start -> end")
-    c.grouped_bars(axes[2], groups, series(lambda r: r["latency"]["p99_ms"]), "ms", "latency p99, start -> end")
-    mem = {}
-    for s in systems:
-        mem[f"{s} workers"] = [by[(s, w)]["memory"]["workers"]["peak_rss_mb"]
-                               if by.get((s, w), {}).get("measured") else math.nan for w in args.worker_counts]
-    if "ours" in systems:
-        mem["ours API"] = [by[("ours", w)]["memory"]["api"]["peak_rss_mb"]
-                           if by.get(("ours", w), {}).get("measured") else math.nan for w in args.worker_counts]
-    c.grouped_bars(axes[3], groups, mem, "MB", "peak RSS of the process trees")
-    fig.suptitle(f"{args.orders} orders, {args.clients} clients, {args.concurrency} children per worker process")
+    c.grouped_bars(axes[1], names, series(lambda r: r["latency"]["p50_ms"]), "ms", "latency p50, start -> end")
+    c.grouped_bars(axes[2], names, series(lambda r: r["latency"]["p99_ms"]), "ms", "latency p99, start -> end")
+    c.grouped_bars(axes[3], names, series(lambda r: r["memory"]["workers"]["peak_single_process_rss_mb"]), "MB",
+                   "peak RSS of one worker process")
+    fig.suptitle(f"{args.orders} orders, {args.clients} clients, Celery {args.pool} pool")
     return c.save_png(args.name, fig, command)
 
 
@@ -635,24 +680,30 @@ def main(argv: list[str] | None = None) -> int:
               f"systems {args.system_list} (load average {env['load_avg_at_start']})")
         logs = c.log_dir(stack, "saga", args.keep_logs)
         sandbox = c.start_sandbox(stack, logs)
-        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        runs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for repeat in range(args.repeat):
-            for workers in args.worker_counts:
-                for system in args.system_list:
-                    sandbox.reset(args.latency)
-                    c.log(f"--- {system}, {workers} worker process(es), run {repeat + 1} of {args.repeat}")
-                    try:
-                        result = RUNNERS[system](args, sandbox, workers, logs)
-                    except Exception as exc:
-                        if system == "ours":
-                            raise
-                        result = not_measured(system, workers, f"{type(exc).__name__}: {exc}")
-                    runs.setdefault((system, workers), []).append(result)
-                    if result.get("measured"):
-                        c.log(f"{system} w={workers}: {result['completed']}/{args.orders} completed, "
-                              f"{result['throughput_per_s']:.1f}/s, p50 {result['latency']['p50_ms']:.0f} ms")
-        results = [_median_run(runs[(system, workers)]) for workers in args.worker_counts
-                   for system in args.system_list]
+            for latency in args.latencies:
+                for workers in args.worker_counts:
+                    for system in args.system_list:
+                        for variant in variants(args, system):
+                            variant.latency = latency
+                            sandbox.reset(latency)
+                            c.log(f"--- {system}, {workers} worker process(es), latency {latency[0]}-{latency[1]} "
+                                  f"ms, run {repeat + 1} of {args.repeat}")
+                            try:
+                                result = RUNNERS[system](variant, sandbox, workers, logs)
+                            except Exception as exc:
+                                if system == "ours":
+                                    raise
+                                result = not_measured(system, workers, f"{type(exc).__name__}: {exc}")
+                            result["latency_ms"] = list(latency)
+                            result.setdefault("concurrency", variant.dbos_concurrency if system == "dbos"
+                                              else variant.concurrency)
+                            runs.setdefault((latency, system, workers, result["concurrency"]), []).append(result)
+                            if result.get("measured"):
+                                c.log(f"{system} w={workers}: {result['completed']}/{args.orders} completed, "
+                                      f"{result['throughput_per_s']:.1f}/s, p50 {result['latency']['p50_ms']:.0f} ms")
+        results = [_median_run(found) for found in runs.values()]
         report(args, results, env)
         return 0 if all(r.get("measured") and r["failures"] == 0 for r in results if r["system"] == "ours") else 1
 

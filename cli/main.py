@@ -16,6 +16,11 @@ from infra.config import Settings
 from infra.db import sqlite_url_for
 from infra.migrate import upgrade
 
+# Saga steps one worker process runs at once. A step spends nearly all its time waiting on a provider (hundreds of
+# milliseconds) and holds no database connection meanwhile, so one process on Celery's thread pool keeps this
+# many calls in flight for a few megabytes of stacks; the GIL is free while they wait.
+WORKER_THREADS = 128
+
 
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
@@ -31,14 +36,17 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=os.environ.get("BOOKMARKET_DATA_DIR", "./var"),
                     help="where the SQLite file, the embedded Redis and the sandbox's ledgers live (./var)")
     up.add_argument("--workers", type=int, default=_env_int("BOOKMARKET_WORKERS", 2),
-                    help="Celery worker processes (2)")
+                    help="Celery worker processes (2: one per core; each runs saga steps on its own threads)")
+    up.add_argument("--threads", type=int, default=_env_int("BOOKMARKET_WORKER_THREADS", WORKER_THREADS),
+                    help=f"saga steps each worker process runs at once ({WORKER_THREADS})")
     up.add_argument("--flower-port", type=int, default=_env_int("BOOKMARKET_FLOWER_PORT", 5555),
                     help="Flower monitoring port (5555); 0 disables it")
     api = sub.add_parser("api", help="the HTTP API under gunicorn")
     api.add_argument("--port", type=int, default=_env_int("BOOKMARKET_PORT", 8080))
     api.add_argument("--bind", default=os.environ.get("BOOKMARKET_BIND", "127.0.0.1"))
     worker = sub.add_parser("worker", help="a Celery worker running saga steps")
-    worker.add_argument("--workers", type=int, default=_env_int("BOOKMARKET_WORKERS", 2))
+    worker.add_argument("--threads", type=int, default=_env_int("BOOKMARKET_WORKER_THREADS", WORKER_THREADS),
+                        help=f"saga steps this process runs at once, each on a thread ({WORKER_THREADS})")
     worker.add_argument("--beat", action="store_true", help="also run the sweeper schedule in this worker")
     sub.add_parser("beat", help="optional: Celery beat scheduling saga.sweep (every worker already sweeps)")
     sandbox = sub.add_parser("sandbox", help="the sandbox payment, delivery and messaging providers")
@@ -63,13 +71,19 @@ def gunicorn_api(bind: str, port: int, workers: int = 2, threads: int = 16) -> l
 
 
 def gunicorn_sandbox(bind: str, port: int, graceful_s: float = 2) -> list[str]:
-    """The sandbox in one process (it alone holds its ledgers and writes their journal), many threads."""
-    return gunicorn(bind, port, "sandbox.wsgi:app", 1, 64, graceful_s)
+    """The sandbox in one process (it alone holds its ledgers and writes their journal); 256 threads, so calls held
+    by a slow-provider latency do not queue behind each other under load."""
+    return gunicorn(bind, port, "sandbox.wsgi:app", 1, 256, graceful_s)
 
 
-def celery_worker(workers: int, queue: str, beat_schedule: str | None = None) -> list[str]:
+def celery_worker(threads: int, queue: str, beat_schedule: str | None = None,
+                  hostname: str | None = None) -> list[str]:
+    """One Celery worker process running `threads` saga steps at once on Celery's thread pool."""
     argv = [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "--loglevel", "INFO",
-            "--concurrency", str(workers), "--queues", queue, "--without-mingle", "--without-gossip"]
+            "--pool", "threads", "--concurrency", str(threads), "--queues", queue, "--without-mingle",
+            "--without-gossip"]
+    if hostname:
+        argv += ["--hostname", hostname]
     if beat_schedule:
         argv += ["--beat", "--schedule", beat_schedule]
     return argv
@@ -136,7 +150,9 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
     if run_sandbox:
         supervisor.start("sandbox", gunicorn_sandbox("127.0.0.1", args.sandbox_port))
         supervisor.wait_http("sandbox", f"http://127.0.0.1:{args.sandbox_port}/health")
-    supervisor.start("worker", celery_worker(args.workers, settings.queue))
+    for i in range(1, args.workers + 1):
+        supervisor.start(f"worker{i}", celery_worker(args.threads, settings.queue, hostname=f"worker{i}@%h"),
+                         restart=True)
     supervisor.start("api", gunicorn_api("127.0.0.1", args.port))
     if args.flower_port:
         supervisor.start("flower", flower(args.flower_port))
@@ -147,7 +163,8 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
         f"  sandbox    {os.environ.get('SANDBOX_URL') if run_sandbox else 'external providers'}\n"
         f"  database   {settings.database_url}\n"
         f"  broker     {settings.redis_url}\n"
-        f"  workers    {args.workers} Celery worker process(es), sweeper every {settings.sweep_interval_s:g}s\n"
+        f"  workers    {args.workers} Celery worker process(es) x {args.threads} threads, "
+        f"sweeper every {settings.sweep_interval_s:g}s\n"
         f"  flower     {f'http://127.0.0.1:{args.flower_port}' if args.flower_port else 'off'}\n"
         "  Ctrl-C stops everything.",
         flush=True,
@@ -192,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return _exec(gunicorn_api(args.bind, args.port))
     if args.command == "worker":
         schedule = str(Path(os.environ.get("BOOKMARKET_DATA_DIR", ".")) / "beat-schedule") if args.beat else None
-        return _exec(celery_worker(args.workers, settings.queue, schedule))
+        return _exec(celery_worker(args.threads, settings.queue, schedule))
     if args.command == "beat":
         return _exec(celery_beat(str(Path(os.environ.get("BOOKMARKET_DATA_DIR", ".")) / "beat-schedule")))
     return _exec(gunicorn_sandbox(args.bind, args.port))

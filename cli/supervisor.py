@@ -1,4 +1,5 @@
-"""Runs the stack's processes side by side and stops every one of them on Ctrl-C or SIGTERM."""
+"""Runs the stack's processes side by side, starts a crashed worker again, and stops every one of them on Ctrl-C
+or SIGTERM."""
 from __future__ import annotations
 
 import os
@@ -7,19 +8,36 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+RESTART_WINDOW_S = 60.0  # a child that dies more than MAX_RESTARTS times within this window stops the stack
+MAX_RESTARTS = 5
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes]
+    restart: bool
+    deaths: list[float] = field(default_factory=list)
 
 
 @dataclass
 class Supervisor:
     env: dict[str, str]
-    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
+    clock: Callable[[], float] = time.monotonic
 
-    def start(self, name: str, argv: Sequence[str]) -> None:
-        """Start a child in its own process group, so stopping it stops its own children too."""
-        proc = subprocess.Popen(list(argv), env=self.env, start_new_session=True)
-        self.children.append((name, proc))
+    def start(self, name: str, argv: Sequence[str], restart: bool = False) -> None:
+        """Start a child in its own process group, so stopping it stops its own children too. A child started with
+        `restart` is started again when it dies (a worker process that crashed takes its running steps with it;
+        their leases expire and the sweeper sends them again, to this worker once it is back)."""
+        self.children.append(Child(name, list(argv), self._spawn(argv), restart))
+
+    def _spawn(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(argv), env=self.env, start_new_session=True)
 
     def wait_http(self, name: str, url: str, timeout_s: float = 60) -> None:
         """Block until `url` answers, or raise if the child died or time ran out."""
@@ -34,12 +52,23 @@ class Supervisor:
         raise RuntimeError(f"{name} did not answer at {url} within {timeout_s:g}s")
 
     def check_alive(self) -> None:
-        for name, proc in self.children:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}")
+        """Start again a dead child that may be restarted; raise for any other dead child, or for one that keeps
+        dying (more than MAX_RESTARTS times in RESTART_WINDOW_S)."""
+        for child in self.children:
+            code = child.proc.poll()
+            if code is None:
+                continue
+            now = self.clock()
+            child.deaths = [t for t in child.deaths if now - t < RESTART_WINDOW_S] + [now]
+            if not child.restart or len(child.deaths) > MAX_RESTARTS:
+                often = f" ({len(child.deaths)} times in {RESTART_WINDOW_S:g}s)" if child.restart else ""
+                raise RuntimeError(f"{child.name} exited with code {code}{often}")
+            print(f"bookmarket: {child.name} exited with code {code}; starting it again", file=sys.stderr, flush=True)
+            _signal_group(child.proc, signal.SIGKILL)  # whatever it left behind in its group
+            child.proc = self._spawn(child.argv)
 
     def run_until_signal(self) -> int:
-        """Wait for SIGINT/SIGTERM or for a child to die; returns the exit code to use."""
+        """Wait for SIGINT/SIGTERM or for a child to die for good; returns the exit code to use."""
         stop = {"signal": 0}
 
         def on_signal(signum: int, _frame: object) -> None:
@@ -58,18 +87,18 @@ class Supervisor:
 
     def stop(self, grace_s: float = 15) -> None:
         """SIGTERM every child (each shuts its own children down gracefully), then SIGKILL each group."""
-        for _, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        for _, proc in reversed(self.children):
+        for child in reversed(self.children):
             try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 pass
-        for _, proc in self.children:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
+        for child in self.children:
+            _signal_group(child.proc, signal.SIGKILL)
+            child.proc.wait()
 
 
 def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:

@@ -10,6 +10,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+# Calls in flight per provider and worker process, out of its 128 threads (`bookmarket worker --threads`): a hung
+# messaging and delivery provider together hold at most 112 of them, so payments keep 16 or more; and a payment
+# provider that hangs (before its breaker opens) leaves 32 for refunds' neighbours, shipping and messages.
+DEFAULT_BULKHEADS = '{"payment": 96, "delivery": 64, "messaging": 48}'
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -24,6 +29,7 @@ class Settings:
     redispatch_after_s: float
     max_recoveries: int
     publish_timeout_s: float
+    db_pool_size: int
     queue: str
     step_policies: dict[str, dict[str, float]]
     breaker_fail_max: int
@@ -33,7 +39,9 @@ class Settings:
     bulkhead_max_calls: dict[str, int]
     admission_max_waiting_payments: int
     admission_retry_after_s: float
+    admission_max_wait_s: float
     inline_steps: int
+    shutdown_grace_s: float
     sweep_in_worker: bool
     task_events: bool
     chaos_duplicate_dispatch: bool
@@ -60,16 +68,19 @@ class Settings:
             redispatch_after_s=float(_env("REDISPATCH_AFTER_S", "30")),
             max_recoveries=int(_env("MAX_RECOVERIES", "5")),
             publish_timeout_s=float(_env("PUBLISH_TIMEOUT_S", "2")),
+            db_pool_size=int(_env("DB_POOL_SIZE", "16")),
             queue=_env("SAGA_QUEUE", "saga"),
             step_policies=_json_object("STEP_POLICIES", _env("STEP_POLICIES", "{}")),
             breaker_fail_max=int(_env("BREAKER_FAIL_MAX", "5")),
             breaker_reset_s=float(_env("BREAKER_RESET_S", "10")),
             breaker_redis_timeout_s=float(_env("BREAKER_REDIS_TIMEOUT_S", "0.25")),
             breaker_policies=_json_object("BREAKER_POLICIES", _env("BREAKER_POLICIES", "{}")),
-            bulkhead_max_calls=_limits("BULKHEAD_MAX_CALLS", _env("BULKHEAD_MAX_CALLS", "{}")),
+            bulkhead_max_calls=_limits("BULKHEAD_MAX_CALLS", _env("BULKHEAD_MAX_CALLS", DEFAULT_BULKHEADS)),
             admission_max_waiting_payments=int(_env("ADMISSION_MAX_WAITING_PAYMENTS", "500")),
             admission_retry_after_s=float(_env("ADMISSION_RETRY_AFTER_S", "2")),
+            admission_max_wait_s=float(_env("ADMISSION_MAX_WAIT_S", "10")),
             inline_steps=int(_env("INLINE_STEPS", "4")),
+            shutdown_grace_s=float(_env("WORKER_SHUTDOWN_GRACE_S", "10")),
             sweep_in_worker=_env("SWEEP_IN_WORKER", "1") in ("1", "true", "yes"),
             task_events=_env("TASK_EVENTS", "0") in ("1", "true", "yes"),
             chaos_duplicate_dispatch=_env("CHAOS_DUPLICATE_DISPATCH", "0") in ("1", "true", "yes"),

@@ -23,22 +23,26 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def engine_options(url: str) -> dict[str, Any]:
-    """create_engine keyword arguments for `url` (also handed to Flask-SQLAlchemy by the API)."""
+def engine_options(url: str, pool_size: int = 16) -> dict[str, Any]:
+    """create_engine keyword arguments for `url` (also handed to Flask-SQLAlchemy by the API).
+
+    On PostgreSQL a process keeps at most `pool_size` connections (DB_POOL_SIZE) and opens no more: a thread that
+    finds them all in use waits for one (up to 30 s). A connection is held only for a transaction, never across a
+    provider call, so 16 carry the API's 16 threads and a worker's 128 steps in flight alike."""
     if normalize_url(url).startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    # pool_size covers the API's 16 threads per process, so a busy process does not open and close overflow
-    # connections; liveness is checked only for a connection idle for a while (see _ping_after_idle).
-    return {"pool_size": 16, "max_overflow": 16, "connect_args": {"connect_timeout": 5}}
+    # no overflow: a busy process does not open and close extra connections, and the count stays bounded;
+    # liveness is checked only for a connection idle for a while (see _ping_after_idle).
+    return {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": 30, "connect_args": {"connect_timeout": 5}}
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 16) -> Engine:
     """An engine for `url`, prepared for our transactions."""
     url = normalize_url(url)
-    return prepare_engine(sa.create_engine(url, **engine_options(url)))
+    return prepare_engine(sa.create_engine(url, **engine_options(url, pool_size)))
 
 
 PING_AFTER_IDLE_S = 5.0
@@ -95,8 +99,8 @@ class Database:
         self.engine = engine
 
     @classmethod
-    def from_url(cls, url: str) -> Database:
-        return cls(make_engine(url))
+    def from_url(cls, url: str, pool_size: int = 16) -> Database:
+        return cls(make_engine(url, pool_size))
 
     @property
     def dialect(self) -> str:

@@ -542,6 +542,14 @@ def count_open_steps(conn: Connection, name: str, limit: int) -> int:
     return int(conn.execute(sa.select(sa.func.count()).select_from(open_steps)).scalar_one())
 
 
+def count_finished_steps(conn: Connection, name: str, since: datetime) -> int:
+    """How many steps called `name` ended (any outcome) at or after `since`."""
+    return int(conn.execute(
+        sa.select(sa.func.count()).select_from(saga_steps)
+        .where(saga_steps.c.name == name, saga_steps.c.finished_at >= since)
+    ).scalar_one())
+
+
 def expired_leases(conn: Connection, now: datetime, limit: int) -> list[tuple[int, str]]:
     """Steps RUNNING past their lease: their worker died or hung."""
     rows = conn.execute(

@@ -99,6 +99,7 @@ saga_steps = sa.Table(
 )
 sa.Index("ix_saga_steps_due", saga_steps.c.status, saga_steps.c.available_at)
 sa.Index("ix_saga_steps_name_status", saga_steps.c.name, saga_steps.c.status)
+sa.Index("ix_saga_steps_name_finished", saga_steps.c.name, saga_steps.c.finished_at)
 
 payments = sa.Table(
     "payments",

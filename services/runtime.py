@@ -1,6 +1,7 @@
 """What a service call needs from the outside world, built once per process by an entrypoint."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,9 @@ class Runtime:
     bulkheads: Bulkheads = field(default_factory=lambda: Bulkheads({}))
     steps: Mapping[str, StepEffects] = field(default_factory=lambda: dict(STEP_EFFECTS))
     clock: Callable[[], datetime] = utcnow  # every service reads the time here, so tests can move it
+    # set when the process is shutting down: a running task finishes its call and sends the saga's next step
+    # through the broker instead of running it inline, so a warm shutdown waits for one call per task, no more
+    draining: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
         self.db.dispose()
@@ -43,7 +47,7 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
     celery = celery or make_celery(settings)
     return Runtime(
         settings=settings,
-        db=db or Database.from_url(settings.database_url),
+        db=db or Database.from_url(settings.database_url, settings.db_pool_size),
         providers=Providers.from_urls(settings.payment_url, settings.delivery_url, settings.messaging_url,
                                       settings.provider_timeout_s),
         publisher=Publisher(celery, settings.queue, settings.chaos_duplicate_dispatch, settings.publish_timeout_s),

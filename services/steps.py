@@ -39,7 +39,8 @@ def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -
     budget = rt.settings.inline_steps
     while True:
         event, reply = perform(rt, attempt.context, attempt.provider)
-        dispatches, follow = record(rt, attempt, event, reply, inline=budget > 0, task_id=task_id)
+        inline = budget > 0 and not rt.draining.is_set()
+        dispatches, follow = record(rt, attempt, event, reply, inline=inline, task_id=task_id)
         publish(rt, dispatches)
         if follow is None:
             return type(event).__name__

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any, TypeVar
 import redis
 import requests
 
-from cli.main import gunicorn_sandbox
+from cli.main import WORKER_THREADS, celery_worker, gunicorn_sandbox
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -99,13 +98,10 @@ def start_sandbox(port: int, log_dir: Path | None = None, data_dir: Path | None 
     return ProcessHandle(proc, url, log)
 
 
-def start_worker(env: dict[str, str], log: Path, concurrency: int = 2, name: str = "w1",
-                 pool: str = "prefork") -> ProcessHandle:
-    """A real Celery worker process (prefork unless told) on the given environment; it runs the recovery sweeper
-    loop."""
-    argv = [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "--loglevel", "INFO",
-            "--pool", pool, "--concurrency", str(concurrency), "--queues", env["SAGA_QUEUE"], "--without-mingle",
-            "--without-gossip", "--hostname", f"{name}@%h"]
+def start_worker(env: dict[str, str], log: Path, threads: int = WORKER_THREADS, name: str = "w1") -> ProcessHandle:
+    """A real Celery worker process as `bookmarket worker` starts it (Celery's thread pool, `threads` steps at
+    once) on the given environment; it runs the recovery sweeper loop."""
+    argv = celery_worker(threads, env["SAGA_QUEUE"], hostname=f"{name}@%h")
     proc = spawn(argv, env, log)
     handle = ProcessHandle(proc, log=log)
     wait_until(lambda: proc.poll() is not None or "ready." in log.read_text(errors="replace"), 60, 0.1,

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from infra.broker import make_celery, task_name
 from infra.config import Settings
@@ -31,6 +31,7 @@ class _Holder:
         self.settings = settings
         self.celery = celery
         self.runtime: Runtime | None = None
+        self.draining = threading.Event()
         self._lock = threading.Lock()  # a pool of threads builds one runtime, not one per thread
 
     def get(self) -> Runtime:
@@ -41,11 +42,35 @@ class _Holder:
             if self.runtime is None:
                 built = build_runtime(self.settings, self.celery)
                 built.steps = poisoned(built.steps, self.settings.chaos_poison_steps)
+                built.draining = self.draining
                 self.runtime = built
             return self.runtime
 
     def reset(self, **_: Any) -> None:
         self.runtime = None
+
+    def drain(self, **_: Any) -> None:
+        """The worker is shutting down: running tasks finish their provider call (PROVIDER_TIMEOUT_S at most) and
+        send their saga's next step instead of running it. Whatever still runs after WORKER_SHUTDOWN_GRACE_S is
+        left behind: the process exits, those steps' leases run out and the sweeper of another worker (or of this
+        one once restarted) takes them back; their messages, never acknowledged, come back too."""
+        if self.draining.is_set():
+            return
+        grace = self.settings.shutdown_grace_s
+        log.info("shutting down: running steps finish their call (up to %gs) and hand the next step to the broker",
+                 grace)
+        self.draining.set()
+        timer = threading.Timer(grace, self._give_up, args=(grace,))
+        timer.daemon = True
+        timer.start()
+
+    @staticmethod
+    def _give_up(grace: float) -> None:
+        log.error("steps still running %gs after the shutdown began: exiting; their leases expire and the sweeper "
+                  "takes them back", grace)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(75)
 
 
 def poisoned(steps: Mapping[str, StepEffects], poison: Mapping[str, str]) -> dict[str, StepEffects]:
@@ -74,6 +99,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app = make_celery(settings)
     holder = _Holder(settings, app)
     worker_process_init.connect(holder.reset, weak=False)
+    worker_shutting_down.connect(holder.drain, weak=False)
     for step in provider_steps(definitions.values()):
         _register_step(app, holder, step)
 

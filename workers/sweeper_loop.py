@@ -11,6 +11,7 @@ import logging
 import threading
 
 from infra.config import Settings
+from infra.db import Database
 from services.runtime import Runtime, build_runtime
 from services.sweeper import sweep
 
@@ -37,7 +38,8 @@ class SweeperLoop:
         runtime: Runtime | None = None
         while not self._stop.wait(self.settings.sweep_interval_s):
             try:
-                runtime = runtime or build_runtime(self.settings)  # its own broker connections
+                # its own broker connections, and one database connection: a sweep is one transaction at a time
+                runtime = runtime or build_runtime(self.settings, db=Database.from_url(self.settings.database_url, 1))
                 sweep(runtime)
             except Exception:  # noqa: BLE001 - the database or broker is down: try again next round
                 log.warning("sweep failed; retrying in %ss", self.settings.sweep_interval_s, exc_info=True)

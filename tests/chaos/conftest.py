@@ -30,14 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-import redis
 import sqlalchemy as sa
-from celery import Celery
 
 from api.app import create_app
-from infra.broker import make_celery
 from infra.config import Settings
 from infra.db import normalize_url
 from infra.migrate import upgrade
@@ -179,50 +175,32 @@ class ChaosStack:
     postgres: PostgresServer
     redis: RedisServer
     engine: sa.Engine
-    control: Celery
     workers: dict[str, ProcessHandle] = field(default_factory=dict)
     beat_worker: str | None = None
     logs: list[Path] = field(default_factory=list)
     incarnations: Counter[str] = field(default_factory=Counter)
 
-    def start_worker(self, name: str, beat: bool = False, concurrency: int = 4) -> ProcessHandle:
-        """A celery worker process (prefork); every worker runs the sweeper loop (`beat` is only a label now)."""
+    def start_worker(self, name: str, beat: bool = False) -> ProcessHandle:
+        """A worker process as `bookmarket worker` starts it (Celery's thread pool, the default threads); every
+        worker runs the sweeper loop (`beat` is only a label now)."""
         self.incarnations[name] += 1
         run = self.incarnations[name]
         log = self.tmp / f"worker-{name}-{run}.log"
         self.logs.append(log)
-        handle = start_worker(self.env, log, concurrency=concurrency, name=f"{name}r{run}")
+        handle = start_worker(self.env, log, name=f"{name}r{run}")
         handle.extra.update(beat=beat, hostname=f"{name}r{run}@{socket.gethostname()}")
         if beat:
             self.beat_worker = name
         self.workers[name] = handle
         return handle
 
-    def pool_children(self, name: str) -> list[psutil.Process]:
-        """The prefork pool processes of worker `name` (never its embedded beat), as the worker itself reports them
-        over remote control; children of its main process only, so nothing else can be hit."""
-        handle = self.workers[name]
-        hostname = handle.extra["hostname"]
-        try:
-            children = {c.pid: c for c in psutil.Process(handle.proc.pid).children()}
-            stats = self.control.control.inspect(destination=[hostname], timeout=2).stats() or {}
-        except (psutil.NoSuchProcess, redis.RedisError, OSError):
-            return []
-        pids = stats.get(hostname, {}).get("pool", {}).get("processes", [])
-        return [children[pid] for pid in pids if pid in children]
-
-    def kill_pool_child(self, name: str, rng: random.Random) -> int | None:
-        """SIGKILL one pool process of worker `name`, chosen at random; returns its pid."""
-        children = self.pool_children(name)
-        if not children:
-            return None
-        victim = rng.choice(children)
-        with contextlib.suppress(psutil.NoSuchProcess):
-            victim.send_signal(signal.SIGKILL)
-        return victim.pid
+    def running_steps(self) -> int:
+        """Steps a worker holds right now (claimed, its provider call under way or about to be)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM saga_steps WHERE status = 'RUNNING'")).scalar_one())
 
     def kill_worker(self, name: str) -> None:
-        """SIGKILL the worker's whole process group: main process, pool and beat."""
+        """SIGKILL the worker process (its whole process group): every step its threads were running is cut off."""
         handle = self.workers[name]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(handle.proc.pid, signal.SIGKILL)
@@ -252,9 +230,9 @@ class ChaosStack:
 
 @contextmanager
 def chaos_stack(name: str, tmp: Path, postgres: PostgresServer, redis_server: RedisServer,
-                workers: tuple[tuple[str, bool, int], ...] = (("w1", True, 4),),
+                workers: tuple[tuple[str, bool], ...] = (("w1", True),),
                 **overrides: str) -> Iterator[ChaosStack]:
-    """A fresh database and queue, a sandbox, the given workers (name, beat, concurrency) and the API."""
+    """A fresh database and queue, a sandbox, the given workers (name, beat) and the API."""
     postgres.ensure_running()
     database_url = postgres.create_database()
     upgrade(database_url)
@@ -264,11 +242,10 @@ def chaos_stack(name: str, tmp: Path, postgres: PostgresServer, redis_server: Re
     settings = Settings.from_env(env)
     app = create_app(settings)
     engine = sa.create_engine(normalize_url(database_url), pool_pre_ping=True)
-    control = make_celery(settings)  # remote control only: asks workers for their pool's pids
-    stack = ChaosStack(name, tmp, env, settings, app, Sandbox(sandbox.url), postgres, redis_server, engine, control)
+    stack = ChaosStack(name, tmp, env, settings, app, Sandbox(sandbox.url), postgres, redis_server, engine)
     try:
-        for worker_name, beat, concurrency in workers:
-            stack.start_worker(worker_name, beat=beat, concurrency=concurrency)
+        for worker_name, beat in workers:
+            stack.start_worker(worker_name, beat=beat)
         yield stack
     finally:
         for handle in stack.workers.values():
@@ -277,7 +254,6 @@ def chaos_stack(name: str, tmp: Path, postgres: PostgresServer, redis_server: Re
         with contextlib.suppress(Exception):
             app.extensions["bookmarket"].close()
         engine.dispose()
-        control.close()
 
 
 # --- the workload --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.conftest import PostgresServer, RedisServer, Workload, chaos_stack, run_scenario
+from tests.support import wait_until
 
 
 def at(workload: Workload, seconds: float) -> None:
@@ -21,27 +22,30 @@ def at(workload: Workload, seconds: float) -> None:
 
 
 @pytest.mark.chaos
-def test_worker_pool_processes_and_a_whole_worker_killed(tmp_path: Path, chaos_postgres: PostgresServer,
-                                                         chaos_redis: RedisServer) -> None:
-    with chaos_stack("worker-kill", tmp_path, chaos_postgres, chaos_redis, workers=(("w1", True, 4),)) as stack:
-        workload = Workload(stack, seed=1)
+def test_worker_processes_killed_with_dozens_of_sagas_in_flight(tmp_path: Path, chaos_postgres: PostgresServer,
+                                                                chaos_redis: RedisServer) -> None:
+    """Two worker processes on the thread pool, providers answering in 300-700 ms; three times a worker process is
+    SIGKILLed while 24 or more steps are running, and started again."""
+    with chaos_stack("worker-kill", tmp_path, chaos_postgres, chaos_redis,
+                     workers=(("w1", True), ("w2", False))) as stack:
+        for provider in ("payment", "delivery", "messaging"):
+            stack.sandbox.behave(provider, latency_ms=[300, 700])
+        workload = Workload(stack, seed=1, rate_per_s=40)
         rng = random.Random(1)
-        plan = sorted([(rng.uniform(1.0, 9.5), "child") for _ in range(4)] + [(rng.uniform(4.0, 6.0), "worker")])
-        killed: list[str] = []
+        plan = sorted((rng.uniform(1.5, 4.5), name) for name in ("w1", "w2", "w1"))
+        killed: list[tuple[str, int]] = []
 
         def fault() -> None:
-            for when, what in plan:
+            for when, name in plan:
                 at(workload, when)
-                if what == "child":
-                    pid = stack.kill_pool_child("w1", rng)
-                    killed.append(f"child {pid} at {workload.elapsed():.1f}s")
-                else:
-                    stack.kill_worker("w1")
-                    killed.append(f"worker at {workload.elapsed():.1f}s")
-                    stack.start_worker("w1", beat=True, concurrency=4)
-            assert sum(k.startswith("child") and "None" not in k for k in killed) == 4, killed
+                wait_until(lambda: stack.running_steps() >= 24, 10, 0.02, "two dozen steps in flight")
+                in_flight = stack.running_steps()
+                stack.kill_worker(name)
+                killed.append((name, in_flight))
+                stack.start_worker(name, beat=name == "w1")
 
         run_scenario(stack, workload, fault)
+        assert len(killed) == 3 and all(n >= 24 for _, n in killed), killed
 
 
 @pytest.mark.chaos
@@ -81,7 +85,7 @@ def test_postgres_stopped_immediately_for_ten_seconds(tmp_path: Path, chaos_post
 @pytest.mark.chaos
 def test_every_step_message_delivered_twice_to_two_racing_workers(tmp_path: Path, chaos_postgres: PostgresServer,
                                                                   chaos_redis: RedisServer) -> None:
-    workers = (("w1", True, 2), ("w2", False, 2))
+    workers = (("w1", True), ("w2", False))
     with chaos_stack("duplicate-dispatch", tmp_path, chaos_postgres, chaos_redis, workers=workers,
                      CHAOS_DUPLICATE_DISPATCH="1") as stack:
         assert stack.settings.chaos_duplicate_dispatch
@@ -95,7 +99,7 @@ def test_every_step_message_delivered_twice_to_two_racing_workers(tmp_path: Path
 def test_payment_charges_but_loses_its_response(tmp_path: Path, chaos_postgres: PostgresServer,
                                                 chaos_redis: RedisServer) -> None:
     with chaos_stack("payment-lost-response", tmp_path, chaos_postgres, chaos_redis,
-                     workers=(("w1", True, 6),)) as stack:
+                     workers=(("w1", True),)) as stack:
         assert stack.settings.provider_timeout_s == 2
         stack.sandbox.behave("payment", lose_response=0.3, hang_ms=3000)
         workload = Workload(stack, seed=5)

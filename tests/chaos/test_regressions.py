@@ -19,7 +19,7 @@ def test_cancel_while_the_charge_response_is_lost_still_refunds_the_charge(
     tmp_path: Path, chaos_postgres: PostgresServer, chaos_redis: RedisServer,
 ) -> None:
     with chaos_stack("bug-cancel-lost-charge", tmp_path, chaos_postgres, chaos_redis,
-                     workers=(("w1", True, 2),)) as stack:
+                     workers=(("w1", True),)) as stack:
         # The charge is made and recorded, then the answer is held 3 s: past PROVIDER_TIMEOUT_S=2, so the
         # pay attempt ends in a timeout (a transient failure) although the money was taken.
         stack.sandbox.behave("payment", lose_response=1.0, hang_ms=3000)

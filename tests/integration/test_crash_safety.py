@@ -35,8 +35,18 @@ def test_a_step_that_crashes_its_process_is_parked_failed_after_bounded_recoveri
     env = {"CHAOS_POISON_STEPS": "notify:crash", "STEP_LEASE_S": "2", "MAX_RECOVERIES": "2"}
     with build_stack(tmp_path, "postgresql", postgres_server, **env) as live:
         order = live.post_order(customer_id=61).get_json()
-        saga = live.wait_saga(order["saga_id"], timeout=60)
+        crashes: list[int] = []
 
+        def ended() -> dict | None:
+            if live.worker.proc.poll() is not None:  # as `bookmarket up`, Docker or Kubernetes do: start it again
+                crashes.append(live.worker.proc.returncode)
+                live.worker = start_worker(live.env, tmp_path / f"worker{len(crashes) + 1}.log")
+            saga = live.saga(order["saga_id"])
+            return saga if saga["status"] in ("COMPLETED", "COMPENSATED", "FAILED") else None
+
+        saga = wait_until(ended, 90, 0.2, "the saga to be parked")
+
+        assert crashes == [13, 13, 13]  # each attempt at notify killed the whole worker process
         notify = live.steps(saga)["notify"]
         assert saga["status"] == "FAILED" and "parked after 3 recoveries" in saga["reason"]
         assert saga["recoveries"] == 3
@@ -62,6 +72,30 @@ def test_sigterm_lets_the_worker_finish_or_hand_back_its_steps_and_nothing_is_lo
         for order in orders:
             saga = live.wait_saga(order["saga_id"], timeout=60)
             assert saga["status"] == "COMPLETED" and saga["recoveries"] == 0, saga
+            assert len(live.sandbox.ledger("payment", order["id"], "charge")) == 1
+        live.worker.stop()
+
+
+def test_sigterm_waits_for_running_calls_only_up_to_the_grace_then_the_sweeper_takes_them_back(
+    tmp_path: Path, postgres_server: str, redis_server: str,
+) -> None:
+    env = {"WORKER_SHUTDOWN_GRACE_S": "1", "PROVIDER_TIMEOUT_S": "20", "STEP_LEASE_S": "4"}
+    with build_stack(tmp_path, "postgresql", postgres_server, **env) as live:
+        live.sandbox.behave("payment", latency_ms=[6000, 6000])
+        orders = [live.post_order(customer_id=63).get_json() for _ in range(6)]
+        wait_until(lambda: _running(live, orders) == 6, 10, 0.05, "six charges in flight")
+
+        started = time.monotonic()
+        code = live.worker.stop(signal.SIGTERM, timeout=30)
+        stopped_after = time.monotonic() - started
+        assert code == 75 and stopped_after < 4, (code, stopped_after)
+        assert "steps still running 1s after the shutdown began" in live.worker.log_tail()
+        live.sandbox.behave("payment", latency_ms=[0, 0])
+        live.worker = start_worker(live.env, tmp_path / "worker2.log")
+
+        for order in orders:
+            saga = live.wait_saga(order["saga_id"], timeout=60)
+            assert saga["status"] == "COMPLETED" and saga["recoveries"] == 1, saga
             assert len(live.sandbox.ledger("payment", order["id"], "charge")) == 1
         live.worker.stop()
 

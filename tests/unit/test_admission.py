@@ -5,9 +5,14 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+
 from api.app import create_app
 from domain.model import utcnow
 from infra import repository as repo
+from infra.tables import saga_steps
+from services.admission import RATE_WINDOW_S, allowed_backlog, judge
 from tests.unit.fakes import RecordingPublisher, make_runtime
 
 
@@ -56,3 +61,47 @@ def test_an_order_committed_while_the_broker_is_down_is_accepted_and_left_for_th
     with rt.db.reading() as conn:
         assert repo.due_dispatches(conn, utcnow(), utcnow() - timedelta(seconds=30), 10) == [
             (response.get_json()["saga_id"], "pay")]
+
+
+def _finish_pay_steps(rt: object, saga_ids: list[int]) -> None:
+    with rt.db.transaction() as conn:  # type: ignore[attr-defined]
+        for saga_id in saga_ids:
+            conn.execute(sa.update(saga_steps).where(saga_steps.c.saga_id == saga_id, saga_steps.c.name == "pay")
+                         .values(status="SUCCEEDED", finished_at=utcnow()))
+
+
+@pytest.mark.parametrize(("max_wait_s", "admitted"), [(1, False), (10, True)])
+def test_the_backlog_allowed_follows_the_payments_finished_in_the_last_ten_seconds(
+    tmp_path: Path, max_wait_s: float, admitted: bool,
+) -> None:
+    rt = make_runtime(tmp_path)
+    client = create_app(rt.settings, runtime=rt).test_client()
+    placed = [client.post("/orders", json={"customer_id": 9, "book_id": 1, "qty": 1}).get_json() for _ in range(8)]
+    _finish_pay_steps(rt, [p["saga_id"] for p in placed[:5]])  # 5 paid in the last 10 s: 0.5 a second; 3 wait
+    rt.settings = replace(rt.settings, admission_max_waiting_payments=2, admission_max_wait_s=max_wait_s)
+
+    verdict = judge(rt)
+
+    # 3 waiting: over the floor of 2; under 10 s of the rate (5) but over 1 s of it (0.5 -> the floor)
+    assert verdict.admitted is admitted
+    if not admitted:
+        assert verdict.reason == "over 2 orders are waiting for payment (about 1s of work at 0 payments/s)"
+
+
+def test_payments_finished_longer_ago_than_the_window_do_not_count(tmp_path: Path) -> None:
+    rt = make_runtime(tmp_path)
+    client = create_app(rt.settings, runtime=rt).test_client()
+    placed = [client.post("/orders", json={"customer_id": 9, "book_id": 1, "qty": 1}).get_json() for _ in range(8)]
+    _finish_pay_steps(rt, [p["saga_id"] for p in placed[:5]])
+    rt.settings = replace(rt.settings, admission_max_waiting_payments=2, admission_max_wait_s=10)
+    rt.clock = lambda: utcnow() + timedelta(seconds=RATE_WINDOW_S + 1)
+
+    assert judge(rt).admitted is False
+
+
+@pytest.mark.parametrize(("rate", "wait", "floor", "allowed"), [(0, 10, 500, 500), (80, 10, 500, 800),
+                                                                (80.5, 1, 20, 80), (3, 10, 0, 30)])
+def test_the_allowed_backlog_is_the_rate_times_the_wait_never_under_the_floor(
+    rate: float, wait: float, floor: int, allowed: int,
+) -> None:
+    assert allowed_backlog(rate, wait, floor) == allowed

@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cli.main import parser
+from cli.main import WORKER_THREADS, parser
 from infra.config import Settings
 
 pytestmark = pytest.mark.no_cover  # reads deployment files, runs nothing of services/: spared coverage's tracing
@@ -173,9 +173,30 @@ def test_compose_runs_the_documented_bookmarket_commands() -> None:
     parsed = {name: bookmarket_args(as_argv(services[name]["command"])) for name in BOOKMARKET_SERVICES - {"flower"}}
     assert parsed["migrate"].command == "migrate"
     assert (parsed["api"].command, parsed["api"].bind, parsed["api"].port) == ("api", "0.0.0.0", 8080)
-    assert (parsed["worker"].command, parsed["worker"].workers, parsed["worker"].beat) == ("worker", 2, False)
+    assert (parsed["worker"].command, parsed["worker"].threads, parsed["worker"].beat) == ("worker", WORKER_THREADS,
+                                                                                            False)
     assert parsed["beat"].command == "beat"
     assert (parsed["sandbox"].command, parsed["sandbox"].bind, parsed["sandbox"].port) == ("sandbox", "0.0.0.0", 8090)
+
+
+def test_compose_runs_one_worker_container_per_core_of_the_reference_machine() -> None:
+    assert compose()["services"]["worker"]["deploy"]["replicas"] == 2
+
+
+def test_compose_and_the_chart_use_the_product_defaults_for_concurrency_pools_and_bulkheads(
+    chart: helm_python.Chart,
+) -> None:
+    defaults = Settings.from_env({})
+    for env in (shared_env(), settings_env(render(chart))):
+        settings = Settings.from_env(env)
+        assert settings.bulkhead_max_calls == defaults.bulkhead_max_calls
+        assert (settings.db_pool_size, settings.shutdown_grace_s) == (defaults.db_pool_size, defaults.shutdown_grace_s)
+
+
+def test_the_default_bulkheads_leave_payments_threads_when_the_other_providers_hang() -> None:
+    caps = Settings.from_env({}).bulkhead_max_calls
+    assert caps["delivery"] + caps["messaging"] <= WORKER_THREADS - 16
+    assert caps["payment"] < WORKER_THREADS
 
 
 def test_compose_keeps_the_sandbox_ledgers_in_a_volume() -> None:
@@ -430,7 +451,7 @@ def test_the_api_deployment_probes_readiness_on_health_and_liveness_on_health_li
     ("component", "expected"),
     [
         ("api", ["bookmarket", "api", "--bind", "0.0.0.0", "--port", "8080"]),
-        ("worker", ["bookmarket", "worker", "--workers", "2"]),
+        ("worker", ["bookmarket", "worker", "--threads", str(WORKER_THREADS)]),
         ("beat", ["bookmarket", "beat"]),
         ("sandbox", ["bookmarket", "sandbox", "--bind", "0.0.0.0", "--port", "8090"]),
     ],
@@ -465,13 +486,14 @@ def test_replica_counts_come_from_the_values(chart: helm_python.Chart) -> None:
     assert replicas == {"api": 3, "worker": 4, "flower": 2, "sandbox": 1}
 
 
-def test_worker_pods_get_60_seconds_by_default_to_finish_a_step_at_least_the_step_lease(
+def test_worker_pods_get_longer_than_the_worker_shutdown_grace_and_a_provider_call_before_sigkill(
     chart: helm_python.Chart,
 ) -> None:
     docs = render(chart)
     grace = pod_spec(one(docs, "Deployment", "worker"))["terminationGracePeriodSeconds"]
-    assert grace == 60
-    assert grace >= float(settings_env(docs)["STEP_LEASE_S"])
+    env = settings_env(docs)
+    assert grace == 30
+    assert grace > float(env["WORKER_SHUTDOWN_GRACE_S"]) >= float(env["PROVIDER_TIMEOUT_S"])
     changed = render(chart, {"worker": {"terminationGracePeriodSeconds": 120}})
     assert pod_spec(one(changed, "Deployment", "worker"))["terminationGracePeriodSeconds"] == 120
 

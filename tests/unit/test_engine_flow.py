@@ -177,6 +177,19 @@ def test_inline_steps_decide_how_many_tasks_an_order_takes(engine: Engine, runs:
     assert len(engine.providers.charges) == len(engine.providers.shipments) == len(engine.providers.messages) == 1
 
 
+def test_a_worker_shutting_down_finishes_the_running_call_and_sends_the_next_step_through_the_broker(
+    engine: Engine,
+) -> None:
+    placed = engine.place()
+    engine.providers.during("charge", engine.rt.draining.set)  # SIGTERM arrives while the charge is under way
+
+    engine.settle()
+
+    assert engine.runs_of(placed.saga_id) == ["pay", "ship", "notify"]  # no step run inline once draining
+    assert engine.order(placed.order.id).status is OrderStatus.SHIPPED
+    assert len(engine.providers.charges) == len(engine.providers.shipments) == 1
+
+
 def test_a_duplicate_delivery_is_not_claimed_and_calls_nothing_twice(engine: Engine) -> None:
     placed = engine.place()
     engine.settle()
