@@ -4,7 +4,7 @@ The API runs under gunicorn exactly as `bookmarket up` runs it (2 worker process
 --api-workers), on a fresh migrated PostgreSQL database and the real Redis broker. By default NO Celery worker
 runs (--workers 0): the API is measured alone, every POST commits its order and saga and publishes the first step
 to the broker, and the orders stay PENDING (the run's queue is deleted afterwards). With --workers N, N worker
-processes (--concurrency children each, the sweeper in the first) and the sandbox run the sagas alongside, on the
+processes (--concurrency threads each, the sweeper in the first) and the sandbox run the sagas alongside, on the
 same 2 cores.
 
 GET /orders/<id> reads orders created before the GET phase (--seed orders, spread at random).
@@ -37,6 +37,7 @@ import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from bench import common as c  # noqa: E402
+from cli.main import WORKER_THREADS  # noqa: E402
 
 WRK_DIR = c.ROOT / "bench" / "wrk"
 ENDPOINTS = ("post", "get")
@@ -57,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-workers", type=int, default=2, help="gunicorn worker processes (2, as `bookmarket up`)")
     p.add_argument("--workers", type=int, default=0, help="Celery worker processes running the sagas during the "
                    "load (0: the API alone)")
-    p.add_argument("--concurrency", type=int, default=2, help="prefork children per Celery worker process (2)")
+    p.add_argument("--concurrency", type=int, default=WORKER_THREADS, help="threads per Celery worker process "
+                   f"({WORKER_THREADS}, as `bookmarket worker`)")
     p.add_argument("--admission-limit", type=int, default=1_000_000, help="ADMISSION_MAX_WAITING_PAYMENTS "
                    "(1000000: POSTs are not turned away; with the product default, 500, and no worker, every POST "
                    "after the 500th pending order is answered 503)")

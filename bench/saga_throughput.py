@@ -1,15 +1,17 @@
 """Saga throughput and latency: N orders through the real stack, against a bare Celery chain and DBOS.
 
-For each worker count W (--workers 1,2) and each system (--systems ours,bare,dbos), on a fresh database:
+For each provider latency (--latency-ms 0 400,620: every call of every system), worker count W (--workers 1,2),
+system (--systems ours,bare,dbos) and concurrency (--concurrency, --dbos-concurrency), on a fresh database:
 
-  ours   PostgreSQL (migrated), Celery worker processes `celery -A workers.main worker` (W of them, --concurrency
-         prefork children each, the sweeper beat in the first one) and the API under gunicorn, as `bookmarket up`
-         runs it. C client threads (a keep-alive urllib3 connection each) POST /orders N times; the POST time of
-         every order is recorded. Then the saga table is polled until every saga is terminal. Latency is
+  ours   PostgreSQL (migrated), W Celery worker processes started as `bookmarket worker` starts them (Celery's
+         thread pool, --concurrency threads each: the product's default unless given; --pool prefork for the
+         old way), the sweeper beat in the first, and the API under gunicorn as `bookmarket up` runs it. C client
+         threads (a keep-alive urllib3 connection each) POST /orders N times; the POST time of every order is
+         recorded. Then the saga table is polled until every saga is terminal. Latency is
          sagas.finished_at - sagas.created_at (POST accepted -> saga COMPLETED), read with SQL afterwards.
   bare   The same provider calls as a Celery chain bare.pay | bare.ship | bare.notify (bench/bare_chain.py) with
-         the same Celery configuration, W worker processes x --concurrency, no database and no result backend:
-         the client threads publish the chains; the last task writes the finish time into a Redis hash.
+         the same Celery configuration and pool, W worker processes x --concurrency, no database and no result
+         backend: the client threads publish the chains; the last task writes the finish time into a Redis hash.
   dbos   The same provider calls as a DBOS workflow of three steps (bench/dbos_app.py), its system database on
          the same PostgreSQL. --dbos-mode queue (default): W DBOS processes dequeue from a DBOS queue
          (worker_concurrency --dbos-concurrency, polling every --dbos-poll s) and the client threads enqueue with
@@ -22,7 +24,9 @@ errors, sagas that ended COMPENSATED/FAILED, chains or workflows that failed, an
 The sandbox answers with --latency-ms (0 by default). Peak RSS of the API's and the workers' process trees is
 sampled every 0.2 s, and the CPU time of every process group (client, API, workers, sandbox, PostgreSQL, Redis)
 is divided by the completed sagas. With --repeat N every system runs N times, interleaved, and the table shows
-the median run with the range. Results: a table, bench/results/<name>.json and bench/results/<name>.png.
+the median run with the range. The ratios table sets ours (at the product's default concurrency) against ours at
+latency 0 in the same run, the bare chain and DBOS at their defaults and at the best concurrency tried. Results: the
+tables, bench/results/<name>.json and bench/results/<name>.png.
 
 Example:  .venv/bin/python bench/saga_throughput.py --orders 100 --workers 1
 """
@@ -634,11 +638,12 @@ def _cpu_table(results: list[dict[str, Any]]) -> None:
         if not cpu:
             continue
         per = cpu["cpu_ms_per_saga"]
-        rows.append([r["system"], r["label"], *[per.get(g) for g in CPU_GROUPS], cpu["cpu_ms_per_saga_total"],
+        rows.append(["-".join(str(x) for x in sorted(set(r["latency_ms"]))), r["system"], r["label"],
+                     *[per.get(g) for g in CPU_GROUPS], cpu["cpu_ms_per_saga_total"],
                      f"{cpu['busy_cores']}/{cpu['cores']}"])
     if rows:
         c.print_table("CPU ms per completed saga, by process group (client = this script's client threads; "
-                      "other = the rest of the machine)", ["system", "W x conc", *CPU_GROUPS, "total",
+                      "other = the rest of the machine)", ["latency ms", "system", "W x conc", *CPU_GROUPS, "total",
                                                             "busy cores"], rows, digits=2)
 
 

@@ -19,7 +19,7 @@ from infra.migrate import upgrade
 # Saga steps one worker process runs at once. A step spends nearly all its time waiting on a provider (hundreds of
 # milliseconds) and holds no database connection meanwhile, so one process on Celery's thread pool keeps this
 # many calls in flight for a few megabytes of stacks; the GIL is free while they wait.
-WORKER_THREADS = 128
+WORKER_THREADS = 192
 
 
 def _env_int(name: str, default: int) -> int:

@@ -94,10 +94,11 @@ def build_stack(tmp: Path, backend: str, admin_url: str, **overrides: str) -> It
     worker = start_worker(env, tmp / "worker.log")
     settings = Settings.from_env(env)
     app = create_app(settings)
+    stack = Stack(backend, env, settings, app.test_client(), Sandbox(sandbox.url), worker)
     try:
-        yield Stack(backend, env, settings, app.test_client(), Sandbox(sandbox.url), worker)
+        yield stack
     finally:
-        worker.stop()
+        stack.worker.stop()  # the one running now: a test may have started another in its place
         sandbox.stop()
         app.extensions["bookmarket"].close()
         with contextlib.suppress(redis.RedisError):

@@ -195,7 +195,7 @@ def test_compose_and_the_chart_use_the_product_defaults_for_concurrency_pools_an
 
 def test_the_default_bulkheads_leave_payments_threads_when_the_other_providers_hang() -> None:
     caps = Settings.from_env({}).bulkhead_max_calls
-    assert caps["delivery"] + caps["messaging"] <= WORKER_THREADS - 16
+    assert caps["delivery"] + caps["messaging"] <= WORKER_THREADS - 64
     assert caps["payment"] < WORKER_THREADS
 
 
