@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if runtime is None:
         runtime = build_runtime(settings, db=_flask_database(app))
     app.extensions["bookmarket"] = runtime
-    app.extensions["bookmarket.admission"] = Admission()
+    app.extensions["bookmarket.admission"] = Admission(settings.admission_target_ms / 1000)
     api = ProblemApi(app)
     api.register_blueprint(blp)
     register_problem_handlers(app)

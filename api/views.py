@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from flask import current_app, request, url_for
@@ -78,7 +79,10 @@ class Orders(MethodView):
             return problem(422, "Unprocessable Entity", "Idempotency-Key: at most 200 characters",
                            errors={"Idempotency-Key": ["at most 200 characters"]})
         rt, admission = runtime(), current_app.extensions["bookmarket.admission"]
+        started = time.monotonic()
         placed = service.place_order(rt, service.PlaceOrder(idempotency_key=key, **data), lambda: admission.check(rt))
+        if placed.created:
+            admission.accepted(time.monotonic() - started)
         return self._answer(placed)
 
     def _answer(self, placed: service.PlacedOrder) -> Any:

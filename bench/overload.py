@@ -32,6 +32,7 @@ from cli.main import WORKER_THREADS, gunicorn_api  # noqa: E402
 from infra.db import make_engine  # noqa: E402
 from infra.migrate import upgrade  # noqa: E402
 from tests.conftest import create_pg_database  # noqa: E402
+from tests.integration.conftest import forget_queue  # noqa: E402
 from tests.support import (  # noqa: E402
     PG_ADMIN_URL,
     REDIS_BASE_URL,
@@ -143,6 +144,7 @@ def main() -> int:
     database_url, drop = create_pg_database(PG_ADMIN_URL)
     upgrade(database_url)
     procs: list[ProcessHandle] = []
+    queue = f"saga-overload-{uuid.uuid4().hex[:6]}"
     try:
         sandbox_proc = start_sandbox(free_port(), tmp)
         procs.append(sandbox_proc)
@@ -150,7 +152,7 @@ def main() -> int:
         low, high = (int(v) for v in args.latency_ms.split(","))
         sandbox.behave("payment", latency_ms=[low, high])
         env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=REDIS_BASE_URL,
-                   SAGA_QUEUE=f"saga-overload-{uuid.uuid4().hex[:6]}", SANDBOX_URL=sandbox_proc.url,
+                   SAGA_QUEUE=queue, SANDBOX_URL=sandbox_proc.url,
                    **dict(s.split("=", 1) for s in args.setting))
         env.pop("PAYMENT_URL", None), env.pop("DELIVERY_URL", None), env.pop("MESSAGING_URL", None)
         for i in range(args.workers):
@@ -172,6 +174,7 @@ def main() -> int:
         for proc in reversed(procs):
             proc.stop()
         drop()
+        forget_queue(REDIS_BASE_URL, queue)
     print_report(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
@@ -184,6 +187,10 @@ def summarize(clients: Clients, args: argparse.Namespace, engine: sa.Engine, san
     results = clients.results
     counts = Counter(code for code, _ in results)
     latencies = [lat * 1000 for _, lat in results]
+
+    def lat_of(code: int) -> list[float]:
+        return [lat * 1000 for c, lat in results if c == code]
+
     with engine.connect() as conn:
         accepted = conn.execute(sa.text("SELECT count(*) FROM orders")).scalar_one()
         terminal = conn.execute(sa.text("SELECT count(*) FROM orders o JOIN sagas s ON s.order_id = o.id "
@@ -205,6 +212,8 @@ def summarize(clients: Clients, args: argparse.Namespace, engine: sa.Engine, san
         "latency_ms": {"p50": round(percentile(latencies, 50), 1), "p95": round(percentile(latencies, 95), 1),
                        "p99": round(percentile(latencies, 99), 1), "max": round(max(latencies, default=0), 1),
                        "mean": round(statistics.fmean(latencies), 1) if latencies else 0},
+        "latency_ms_by_code": {str(code): {"p50": round(percentile(lat_of(code), 50), 1),
+                                           "p99": round(percentile(lat_of(code), 99), 1)} for code in (202, 503)},
         "orders_accepted": accepted, "accepted_per_s": round(accepted / args.seconds, 1),
         "finished_per_s_during_run": round(ended_in_run / args.seconds, 1),
         "accepted_terminal": terminal, "all_accepted_terminal": terminal == accepted,
@@ -219,6 +228,8 @@ def print_report(r: dict[str, Any]) -> None:
         ("requests answered", f"{r['answered']} ({r['requests_per_s']}/s)"),
         ("202 / 503 / other", f"{r['share_202']:.1%} / {r['share_503']:.1%} / {r['share_other']:.1%}"),
         ("latency p50 / p95 / p99 / max", f"{lat['p50']} / {lat['p95']} / {lat['p99']} / {lat['max']} ms"),
+        ("latency p50 / p99 of 202 and of 503", " and ".join(
+            f"{v['p50']} / {v['p99']} ms" for v in r["latency_ms_by_code"].values())),
         ("orders accepted", f"{r['orders_accepted']} ({r['accepted_per_s']}/s)"),
         ("sagas finished while clients posted", f"{r['finished_per_s_during_run']}/s"),
         ("accepted orders terminal after drain", f"{r['accepted_terminal']} (drain {r['drain_s']} s)"),

@@ -42,8 +42,10 @@ class Settings:
     admission_max_waiting_payments: int
     admission_retry_after_s: float
     admission_max_wait_s: float
+    admission_target_ms: float
     inline_steps: int
     shutdown_grace_s: float
+    worker_nice: int
     sweep_in_worker: bool
     task_events: bool
     chaos_duplicate_dispatch: bool
@@ -81,8 +83,10 @@ class Settings:
             admission_max_waiting_payments=int(_env("ADMISSION_MAX_WAITING_PAYMENTS", "500")),
             admission_retry_after_s=float(_env("ADMISSION_RETRY_AFTER_S", "2")),
             admission_max_wait_s=float(_env("ADMISSION_MAX_WAIT_S", "10")),
+            admission_target_ms=float(_env("ADMISSION_TARGET_MS", "350")),
             inline_steps=int(_env("INLINE_STEPS", "4")),
             shutdown_grace_s=float(_env("WORKER_SHUTDOWN_GRACE_S", "10")),
+            worker_nice=int(_env("WORKER_NICE", "10")),
             sweep_in_worker=_env("SWEEP_IN_WORKER", "1") in ("1", "true", "yes"),
             task_events=_env("TASK_EVENTS", "0") in ("1", "true", "yes"),
             chaos_duplicate_dispatch=_env("CHAOS_DUPLICATE_DISPATCH", "0") in ("1", "true", "yes"),

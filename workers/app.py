@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from infra.broker import make_celery, task_name
 from infra.config import Settings
@@ -87,6 +87,15 @@ def poisoned(steps: Mapping[str, StepEffects], poison: Mapping[str, str]) -> dic
             for name, effects in steps.items()}
 
 
+def lower_priority(nice: int) -> None:
+    """WORKER_NICE: run the steps below the API's CPU priority. When the machine is saturated, the front door keeps
+    answering quickly (a fast 202 or 503) and the workers take the CPU left; admission then lets in what the workers
+    finish. Processes spawned later (prefork children) inherit it."""
+    if nice > 0:
+        os.nice(nice)
+        log.info("worker CPU priority lowered by %d (WORKER_NICE)", nice)
+
+
 def provider_steps(definitions: Iterable[SagaDefinition]) -> list[str]:
     """Every step, in every saga definition, that calls a provider and so travels as a task."""
     return sorted({s.name for d in definitions for s in d.all_steps if not s.is_local})
@@ -98,6 +107,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     definitions = configured_definitions(settings.step_policies)  # a step the step table lacks stops us here
     app = make_celery(settings)
     holder = _Holder(settings, app)
+    worker_init.connect(lambda **_: lower_priority(settings.worker_nice), weak=False)
     worker_process_init.connect(holder.reset, weak=False)
     worker_shutting_down.connect(holder.drain, weak=False)
     for step in provider_steps(definitions.values()):

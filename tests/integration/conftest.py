@@ -101,16 +101,21 @@ def build_stack(tmp: Path, backend: str, admin_url: str, **overrides: str) -> It
         stack.worker.stop()  # the one running now: a test may have started another in its place
         sandbox.stop()
         app.extensions["bookmarket"].close()
-        with contextlib.suppress(redis.RedisError):
-            client = redis.Redis.from_url(env["REDIS_URL"], socket_connect_timeout=1)
-            queue = env["SAGA_QUEUE"]
-            for pattern in (queue, f"bookmarket:{queue}:*", f"_kombu.binding*.{queue}*"):
-                keys = list(client.scan_iter(pattern))
-                if keys:
-                    client.delete(*keys)
-            _forget_unacked(client, queue)
+        forget_queue(env["REDIS_URL"], env["SAGA_QUEUE"])
         if drop:
             drop()
+
+
+def forget_queue(redis_url: str, queue: str) -> None:
+    """Remove a test queue's keys from the shared Redis: the queue, its bindings, its breakers' state, and kombu's
+    records of its unacknowledged messages."""
+    with contextlib.suppress(redis.RedisError):
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=1)
+        for pattern in (queue, f"bookmarket:{queue}:*", f"_kombu.binding*.{queue}*"):
+            keys = list(client.scan_iter(pattern))
+            if keys:
+                client.delete(*keys)
+        _forget_unacked(client, queue)
 
 
 def _forget_unacked(client: redis.Redis, queue: str) -> None:

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -18,7 +19,7 @@ from infra.config import Settings
 from infra.db import make_engine
 from infra.migrate import upgrade
 from tests.conftest import create_pg_database
-from tests.integration.conftest import stack_env
+from tests.integration.conftest import forget_queue, stack_env
 from tests.support import Sandbox, free_port, start_sandbox, start_worker, wait_until
 
 pytestmark = pytest.mark.integration
@@ -36,6 +37,7 @@ def threaded(tmp_path: Path, postgres_server: str, redis_server: str) -> Iterato
     for name in ("BULKHEAD_MAX_CALLS", "BREAKER_FAIL_MAX"):
         env.pop(name, None)  # the product's defaults
     worker = start_worker(env, tmp_path / "worker.log")
+    assert psutil.Process(worker.proc.pid).nice() == Settings.from_env({}).worker_nice  # below the API's priority
     app = create_app(Settings.from_env(env))
     try:
         yield app, Sandbox(sandbox.url), url
@@ -43,6 +45,7 @@ def threaded(tmp_path: Path, postgres_server: str, redis_server: str) -> Iterato
         worker.stop()
         sandbox.stop()
         app.extensions["bookmarket"].close()
+        forget_queue(env["REDIS_URL"], env["SAGA_QUEUE"])
         with contextlib.suppress(Exception):
             drop()
 

@@ -12,7 +12,7 @@ from api.app import create_app
 from domain.model import utcnow
 from infra import repository as repo
 from infra.tables import saga_steps
-from services.admission import RATE_WINDOW_S, allowed_backlog, judge
+from services.admission import MAX_RATE, MIN_RATE, RATE_WINDOW_S, Admission, Pace, allowed_backlog, judge
 from tests.unit.fakes import RecordingPublisher, make_runtime
 
 
@@ -105,3 +105,62 @@ def test_the_allowed_backlog_is_the_rate_times_the_wait_never_under_the_floor(
     rate: float, wait: float, floor: int, allowed: int,
 ) -> None:
     assert allowed_backlog(rate, wait, floor) == allowed
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def admitted_in(pace: Pace, ticks: Ticks, seconds: float, per_s: int, answer_s: float) -> int:
+    """Offer per_s orders a second for `seconds`; each admitted one is answered in answer_s. How many got in."""
+    admitted = 0
+    for _ in range(int(seconds * per_s)):
+        ticks.now += 1 / per_s
+        if pace.take():
+            admitted += 1
+            pace.observe(answer_s)
+    return admitted
+
+
+def test_orders_answered_within_the_target_are_never_paced() -> None:
+    ticks = Ticks()
+    pace = Pace(0.35, ticks)
+
+    assert admitted_in(pace, ticks, 5, 400, answer_s=0.05) == 2000
+    assert pace.rate == MAX_RATE
+
+
+def test_slow_answers_cut_the_rate_and_the_orders_over_it_are_refused_until_answers_are_fast_again() -> None:
+    ticks = Ticks()
+    pace = Pace(0.35, ticks)
+
+    slow = admitted_in(pace, ticks, 5, 200, answer_s=0.8)
+    assert slow < 200 * 5 / 2 and pace.rate < 200  # cut well below the 200 a second offered
+    cut_to = pace.rate
+
+    admitted_in(pace, ticks, 15, 200, answer_s=0.05)
+    assert pace.rate > 200 > cut_to  # fast answers let the rate climb back, a tenth per half second
+    assert admitted_in(pace, ticks, 1, 200, answer_s=0.05) == 200
+
+
+def test_a_paced_order_gets_503_with_retry_after_and_creates_nothing(tmp_path: Path) -> None:
+    rt = make_runtime(tmp_path)
+    rt.settings = replace(rt.settings, admission_retry_after_s=3)
+    app = create_app(rt.settings, runtime=rt)
+    ticks = Ticks()
+    app.extensions["bookmarket.admission"] = Admission(0.35, clock=ticks)
+    pace = app.extensions["bookmarket.admission"].pace
+    pace.rate, pace._tokens = MIN_RATE, 0.0  # as after a run of slow answers
+    client = app.test_client()
+
+    refused = client.post("/orders", json={"customer_id": 9, "book_id": 1, "qty": 1})
+
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "3"
+    assert "answered quickly" in refused.get_json()["detail"]
+    assert client.get("/customers/9/orders").get_json() == []
+    ticks.now += 1 / MIN_RATE  # a token later, one gets in
+    assert client.post("/orders", json={"customer_id": 9, "book_id": 1, "qty": 1}).status_code == 202

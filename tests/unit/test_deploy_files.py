@@ -190,7 +190,8 @@ def test_compose_and_the_chart_use_the_product_defaults_for_concurrency_pools_an
     for env in (shared_env(), settings_env(render(chart))):
         settings = Settings.from_env(env)
         assert settings.bulkhead_max_calls == defaults.bulkhead_max_calls
-        assert (settings.db_pool_size, settings.shutdown_grace_s) == (defaults.db_pool_size, defaults.shutdown_grace_s)
+        for name in ("db_pool_size", "shutdown_grace_s", "admission_max_wait_s", "admission_target_ms", "worker_nice"):
+            assert getattr(settings, name) == getattr(defaults, name), name
 
 
 def test_the_default_bulkheads_leave_payments_threads_when_the_other_providers_hang() -> None:
