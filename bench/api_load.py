@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"({WORKER_THREADS}, as `bookmarket worker`)")
     p.add_argument("--admission-limit", type=int, default=1_000_000, help="ADMISSION_MAX_WAITING_PAYMENTS "
                    "(1000000: POSTs are not turned away; with the product default, 500, and no worker, every POST "
-                   "after the 500th pending order is answered 503)")
+                   "after the 500th pending order is answered 503; the API's pacing, ADMISSION_TARGET_MS, is off "
+                   "too)")
     p.add_argument("--redis", default=c.REDIS_URL, help=f"broker ({c.REDIS_URL})")
     p.add_argument("--name", default="api_load", help="output name: bench/results/<name>.json/.png")
     p.add_argument("--keep-logs", action="store_true", help="keep the child processes' logs (path printed)")
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(_delete_queue_keys, args.redis, queue)
         sandbox = c.start_sandbox(stack, logs)
         env = c.base_env(DATABASE_URL=url_db, REDIS_URL=args.redis, SAGA_QUEUE=queue, **sandbox.provider_env(),
-                         ADMISSION_MAX_WAITING_PAYMENTS=str(args.admission_limit))
+                         ADMISSION_MAX_WAITING_PAYMENTS=str(args.admission_limit), ADMISSION_TARGET_MS="0")
         procs = []
         if args.workers:
             procs = c.start_workers(stack, "workers.main", env, logs, args.workers, args.concurrency, queue, "saga",

@@ -84,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "seconds (0.05; DBOS's default is 1)")
     p.add_argument("--admission-limit", type=int, default=1_000_000, help="ADMISSION_MAX_WAITING_PAYMENTS for the "
                    "API (1000000: every order is admitted, so the saga engine is measured, not admission control; "
-                   "the product default is 500). A 503 answer is retried after its Retry-After and counted")
+                   "the product default is 500; the API's pacing, ADMISSION_TARGET_MS, is off too). A 503 answer is "
+                   "retried after its Retry-After and counted")
     p.add_argument("--redis", default=c.REDIS_URL, help=f"broker of our saga ({c.REDIS_URL})")
     p.add_argument("--bare-redis", default=_redis_db(c.REDIS_URL, 3), help="broker and finish hash of the bare "
                    "chain (the same Redis, db 3)")
@@ -218,7 +219,7 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         queue = f"bench-saga-{c.run_id()}"
         stack.callback(_delete_queue_keys, args.redis, queue)
         env = c.base_env(DATABASE_URL=url, REDIS_URL=args.redis, SAGA_QUEUE=queue, **sandbox.provider_env(),
-                         ADMISSION_MAX_WAITING_PAYMENTS=str(args.admission_limit))
+                         ADMISSION_MAX_WAITING_PAYMENTS=str(args.admission_limit), ADMISSION_TARGET_MS="0")
         procs = c.start_workers(stack, "workers.main", env, logs, workers, args.concurrency, queue, "saga", beat=True,
                                 pool=args.pool)
         api, api_url = c.start_api(stack, env, logs, args.api_workers)
