@@ -426,8 +426,10 @@ class CpuMeter:
             start = self._start.get(group, {})
             seconds[group] = sum(t - start.get(pid, 0.0) for pid, t in end.items())
         before, after = self._machine
-        busy = ((after.user + after.system + getattr(after, "softirq", 0) + getattr(after, "irq", 0))
-                - (before.user + before.system + getattr(before, "softirq", 0) + getattr(before, "irq", 0)))
+        def busy_s(t: Any) -> float:  # niced processes' time is not in `user` on Linux
+            return float(t.user + t.system + sum(getattr(t, f, 0) for f in ("nice", "softirq", "irq")))
+
+        busy = busy_s(after) - busy_s(before)
         seconds["other"] = max(busy - sum(seconds.values()), 0.0)
         per_unit = {g: round(s * 1000 / units, 2) if units else math.nan for g, s in seconds.items()}
         return {"cpu_s": {g: round(s, 2) for g, s in seconds.items()}, "cpu_ms_per_saga": per_unit,

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-import psutil
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -37,7 +36,6 @@ def threaded(tmp_path: Path, postgres_server: str, redis_server: str) -> Iterato
     for name in ("BULKHEAD_MAX_CALLS", "BREAKER_FAIL_MAX"):
         env.pop(name, None)  # the product's defaults
     worker = start_worker(env, tmp_path / "worker.log")
-    assert psutil.Process(worker.proc.pid).nice() == Settings.from_env({}).worker_nice  # below the API's priority
     app = create_app(Settings.from_env(env))
     try:
         yield app, Sandbox(sandbox.url), url
