@@ -19,19 +19,24 @@ class BulkheadFull(ProviderBlocked):
 class Bulkheads:
     """One bounded set of slots per provider; a provider without a limit is not capped."""
 
-    def __init__(self, limits: Mapping[str, int], retry_after_s: float = 1.0) -> None:
+    def __init__(self, limits: Mapping[str, int], retry_after_s: float = 1.0, wait_s: float = 0.0) -> None:
         self.limits = dict(limits)
         self.retry_after_s = retry_after_s
+        self.wait_s = wait_s
         self._slots = {provider: threading.BoundedSemaphore(n) for provider, n in limits.items() if n > 0}
 
     @contextmanager
     def slot(self, provider: str) -> Iterator[None]:
-        """Hold one of the provider's slots for the call; raise BulkheadFull at once when none is free."""
+        """Hold one of the provider's slots for the call; raise BulkheadFull when none frees up within wait_s.
+
+        A wave of steps reaching one provider together (sagas started in a burst move in step) passes after a short
+        wait instead of going back to WAITING and through the sweeper; a provider that hangs frees no slot, and
+        the steps waiting for one give up after wait_s."""
         slots = self._slots.get(provider)
         if slots is None:
             yield
             return
-        if not slots.acquire(blocking=False):
+        if not (slots.acquire(timeout=self.wait_s) if self.wait_s > 0 else slots.acquire(blocking=False)):
             raise BulkheadFull(provider, self.retry_after_s)
         try:
             yield

@@ -65,7 +65,7 @@ class HttpProvider:
             if url.scheme in ("http", "https") and url.host:
                 self._prefix = url.path or ""
                 self._pool = urllib3.connection_from_url(
-                    self.base_url, maxsize=64, block=False, retries=False,
+                    self.base_url, maxsize=128, block=False, retries=False,
                     timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s))
         except LocationValueError:
             pass  # every call fails as "unreachable" (a configuration error the health probe shows)

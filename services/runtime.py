@@ -53,7 +53,8 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
         publisher=Publisher(celery, settings.queue, settings.chaos_duplicate_dispatch, settings.publish_timeout_s),
         definitions=configured_definitions(settings.step_policies),
         breakers=build_breakers(settings),
-        bulkheads=Bulkheads({p: int(n) for p, n in settings.bulkhead_max_calls.items()}),
+        bulkheads=Bulkheads({p: int(n) for p, n in settings.bulkhead_max_calls.items()},
+                            wait_s=settings.bulkhead_wait_s),
     )
 
 

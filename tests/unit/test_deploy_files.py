@@ -190,7 +190,8 @@ def test_compose_and_the_chart_use_the_product_defaults_for_concurrency_pools_an
     for env in (shared_env(), settings_env(render(chart))):
         settings = Settings.from_env(env)
         assert settings.bulkhead_max_calls == defaults.bulkhead_max_calls
-        for name in ("db_pool_size", "shutdown_grace_s", "admission_max_wait_s", "admission_target_ms", "worker_nice"):
+        for name in ("bulkhead_wait_s", "db_pool_size", "shutdown_grace_s", "admission_max_wait_s",
+                     "admission_target_ms", "worker_nice"):
             assert getattr(settings, name) == getattr(defaults, name), name
 
 
