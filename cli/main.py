@@ -71,9 +71,10 @@ def gunicorn_api(bind: str, port: int, workers: int = 2, threads: int = 16) -> l
 
 
 def gunicorn_sandbox(bind: str, port: int, graceful_s: float = 2) -> list[str]:
-    """The sandbox in one process (it alone holds its ledgers and writes their journal); 256 threads, so calls held
-    by a slow-provider latency do not queue behind each other under load."""
-    return gunicorn(bind, port, "sandbox.wsgi:app", 1, 256, graceful_s)
+    """The sandbox in one process (it alone holds its ledgers and writes their journal); 1024 threads, so calls held
+    by a slow-provider latency do not queue behind each other when two or more workers of 192 threads call it (a
+    real provider does not cap its callers' concurrency at a few hundred either)."""
+    return gunicorn(bind, port, "sandbox.wsgi:app", 1, 1024, graceful_s, "--worker-connections", "4096")
 
 
 def celery_worker(threads: int, queue: str, beat_schedule: str | None = None,
