@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -32,33 +33,42 @@ def test_a_worker_that_crashes_is_started_again_with_the_same_command() -> None:
         supervisor.stop(grace_s=1)
 
 
-def test_a_worker_that_keeps_crashing_stops_the_stack_naming_it() -> None:
+@pytest.fixture
+def crashing() -> Iterator[tuple[Supervisor, list[float]]]:
+    """A supervisor on a clock the test moves, running a worker that exits with code 3 as soon as it starts."""
     now = [0.0]
     supervisor = Supervisor(dict(os.environ), clock=lambda: now[0])
+    supervisor.start("worker1", DIES, restart=True)
     try:
-        supervisor.start("worker1", DIES, restart=True)
-        for _ in range(MAX_RESTARTS):
-            dead(supervisor, "worker1")
-            supervisor.check_alive()
-            now[0] += 1
+        yield supervisor, now
+    finally:
+        supervisor.stop(grace_s=1)
+
+
+def restart_after_crashes(supervisor: Supervisor, now: list[float], crashes: int, every_s: float) -> int:
+    """Let the worker crash `crashes` times, `every_s` apart, restarting it each time; the restarts made."""
+    pids = set()
+    for _ in range(crashes):
         dead(supervisor, "worker1")
-        with pytest.raises(RuntimeError, match=rf"worker1 exited with code 3 \({MAX_RESTARTS + 1} times in 60s\)"):
-            supervisor.check_alive()
-    finally:
-        supervisor.stop(grace_s=1)
+        supervisor.check_alive()
+        pids.add(supervisor.children[0].proc.pid)
+        now[0] += every_s
+    return len(pids)
 
 
-def test_crashes_spread_over_more_than_the_window_are_each_restarted() -> None:
-    now = [0.0]
-    supervisor = Supervisor(dict(os.environ), clock=lambda: now[0])
-    try:
-        supervisor.start("worker1", DIES, restart=True)
-        for _ in range(MAX_RESTARTS * 2):
-            dead(supervisor, "worker1")
-            supervisor.check_alive()
-            now[0] += 30
-    finally:
-        supervisor.stop(grace_s=1)
+def test_a_worker_that_keeps_crashing_stops_the_stack_naming_it(crashing: tuple[Supervisor, list[float]]) -> None:
+    supervisor, now = crashing
+    assert restart_after_crashes(supervisor, now, MAX_RESTARTS, every_s=1) == MAX_RESTARTS
+    dead(supervisor, "worker1")
+    with pytest.raises(RuntimeError, match=rf"worker1 exited with code 3 \({MAX_RESTARTS + 1} times in 60s\)"):
+        supervisor.check_alive()
+
+
+def test_crashes_spread_over_more_than_the_window_are_each_restarted(
+    crashing: tuple[Supervisor, list[float]],
+) -> None:
+    supervisor, now = crashing
+    assert restart_after_crashes(supervisor, now, MAX_RESTARTS * 2, every_s=30) == MAX_RESTARTS * 2
 
 
 def test_any_other_child_that_dies_stops_the_stack() -> None:
