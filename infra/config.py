@@ -40,6 +40,7 @@ class Settings:
     breaker_policies: dict[str, dict[str, float]]
     bulkhead_max_calls: dict[str, int]
     bulkhead_wait_s: float
+    bulkhead_max_waiters: int
     admission_max_waiting_payments: int
     admission_retry_after_s: float
     admission_max_wait_s: float
@@ -81,7 +82,8 @@ class Settings:
             breaker_redis_timeout_s=float(_env("BREAKER_REDIS_TIMEOUT_S", "0.25")),
             breaker_policies=_json_object("BREAKER_POLICIES", _env("BREAKER_POLICIES", "{}")),
             bulkhead_max_calls=_limits("BULKHEAD_MAX_CALLS", _env("BULKHEAD_MAX_CALLS", DEFAULT_BULKHEADS)),
-            bulkhead_wait_s=float(_env("BULKHEAD_WAIT_S", "0")),
+            bulkhead_wait_s=float(_env("BULKHEAD_WAIT_S", "1")),
+            bulkhead_max_waiters=int(_env("BULKHEAD_MAX_WAITERS", "32")),
             admission_max_waiting_payments=int(_env("ADMISSION_MAX_WAITING_PAYMENTS", "500")),
             admission_retry_after_s=float(_env("ADMISSION_RETRY_AFTER_S", "2")),
             admission_max_wait_s=float(_env("ADMISSION_MAX_WAIT_S", "10")),

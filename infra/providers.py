@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import urllib3
+from http.client import RemoteDisconnected
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
     LocationValueError,
     NewConnectionError,
+    ProtocolError,
     ProxyError,
 )
 
@@ -74,11 +76,20 @@ class HttpProvider:
         """POST payload with Idempotency-Key `key`; raise ProviderError or ProviderRefused on failure."""
         if self._pool is None:
             raise ProviderError(f"{self.name} unreachable: invalid URL {self.base_url!r}", uncertain=False)
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
         try:
-            response = self._pool.urlopen(
-                "POST", f"{self._prefix}{path}", body=json.dumps(payload).encode(),
-                headers={"Content-Type": "application/json", "Idempotency-Key": key}, preload_content=True,
-            )
+            try:
+                response = self._pool.urlopen("POST", f"{self._prefix}{path}", body=body, headers=headers,
+                                              preload_content=True)
+            except ProtocolError as exc:
+                if not _closed_before_answer(exc):
+                    raise
+                # A kept-alive connection the provider had closed while it sat idle in the pool (servers close
+                # idle ones after a few seconds; the close races our reuse). Sent again once on a new
+                # connection, with the same idempotency key, so the provider does the work at most once.
+                response = self._pool.urlopen("POST", f"{self._prefix}{path}", body=body, headers=headers,
+                                              preload_content=True)
         except NOT_SENT as exc:
             raise ProviderError(f"{self.name} unreachable: {type(exc).__name__}", uncertain=False) from None
         except (HTTPError, OSError) as exc:  # read timeout, connection dropped: the request went out
@@ -99,6 +110,12 @@ class HttpProvider:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+
+
+def _closed_before_answer(exc: ProtocolError) -> bool:
+    """Whether the connection was closed with no byte of an answer (not a timeout, not a half answer)."""
+    cause = exc.args[1] if len(exc.args) > 1 else exc.__context__
+    return isinstance(cause, (RemoteDisconnected, ConnectionResetError, BrokenPipeError))
 
 
 # Answers that say the request was not processed: safe to treat as "did not happen".

@@ -54,7 +54,7 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
         definitions=configured_definitions(settings.step_policies),
         breakers=build_breakers(settings),
         bulkheads=Bulkheads({p: int(n) for p, n in settings.bulkhead_max_calls.items()},
-                            wait_s=settings.bulkhead_wait_s),
+                            wait_s=settings.bulkhead_wait_s, max_waiters=settings.bulkhead_max_waiters),
     )
 
 

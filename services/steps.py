@@ -86,6 +86,7 @@ def perform(rt: Runtime, context: StepContext, provider: str) -> tuple[Event, ob
     except ProviderRefused as exc:
         return StepFailed(context.step, str(exc), permanent=True), None
     except ProviderError as exc:
+        log.warning("saga %s step %s: provider %s failed: %s", context.saga_id, context.step, provider, exc)
         return StepFailed(context.step, str(exc), jitter=jitter(), uncertain=exc.uncertain), None
     except Exception as exc:  # noqa: BLE001 - a bug must not strand the step: count it as a failed attempt
         log.exception("step %s of saga %s raised", context.step, context.saga_id)

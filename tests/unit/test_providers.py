@@ -16,16 +16,19 @@ from infra.providers import HttpProvider, PaymentClient, PaymentDeclined, Provid
 
 
 class Recorder(BaseHTTPRequestHandler):
-    """Answers POST /<status> with that status; /slow sleeps past the client's timeout; /drop closes at once."""
+    """Answers POST /<status> with that status; /slow sleeps past the client's timeout; /drop closes at once;
+    /drop-once closes at once the first time it sees an idempotency key and answers the next time."""
 
     seen: list[dict[str, Any]] = []
+    dropped: set[str] = set()
 
     def do_POST(self) -> None:  # noqa: N802 - the http.server API
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         Recorder.seen.append({"path": self.path, "key": self.headers.get("Idempotency-Key"),
                               "type": self.headers.get("Content-Type"), "body": json.loads(body or b"null")})
         name = self.path.rsplit("/", 1)[-1]
-        if name == "drop":
+        if name == "drop" or (name == "drop-once" and self.headers["Idempotency-Key"] not in Recorder.dropped):
+            Recorder.dropped.add(self.headers["Idempotency-Key"])
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
             return
@@ -104,10 +107,28 @@ def test_no_answer_within_the_timeout_may_have_happened(server: str) -> None:
     assert time.monotonic() - started < 0.55
 
 
-def test_a_dropped_connection_may_have_happened(server: str) -> None:
+def test_a_dropped_connection_is_sent_once_more_then_may_have_happened(server: str) -> None:
+    Recorder.seen.clear()
     with pytest.raises(ProviderError, match="did not answer") as caught:
-        HttpProvider("payment", server, 2.0).post("/drop", "k", {})
+        HttpProvider("payment", server, 2.0).post("/drop", "k-drop", {})
     assert caught.value.uncertain is True
+    assert [(r["path"], r["key"]) for r in Recorder.seen] == [("/pay/drop", "k-drop")] * 2
+
+
+def test_a_connection_closed_before_the_answer_is_sent_again_with_the_same_key(server: str) -> None:
+    """What a provider closing an idle kept-alive connection as we reuse it looks like: no byte of an answer."""
+    Recorder.seen.clear()
+    provider = HttpProvider("payment", server, 2.0)
+    assert provider.post("/drop-once", "k-once", {"n": 1}).reference == "ref-1"
+    assert [(r["path"], r["key"]) for r in Recorder.seen] == [("/pay/drop-once", "k-once")] * 2
+
+
+def test_a_timeout_is_not_sent_again(server: str) -> None:
+    Recorder.seen.clear()
+    with pytest.raises(ProviderError, match="did not answer"):
+        HttpProvider("payment", server, 0.2).post("/slow", "k-slow", {})
+    time.sleep(0.5)
+    assert [r["key"] for r in Recorder.seen] == ["k-slow"]
 
 
 def test_a_refused_connection_did_not_happen() -> None:
