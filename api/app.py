@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
+from api.admin import admin
 from api.problems import ProblemApi, register_problem_handlers
 from api.views import blp
 from infra.config import Settings
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.extensions["bookmarket.admission"] = Admission(settings.admission_target_ms / 1000)
     api = ProblemApi(app)
     api.register_blueprint(blp)
+    api.register_blueprint(admin)
     register_problem_handlers(app)
     return app
 

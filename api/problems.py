@@ -20,6 +20,8 @@ from domain.errors import (
     SagaNeedsSupport,
     UnknownBook,
 )
+from services.bulk import BulkPlanExpired
+from services.support import ActionRefused
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -80,11 +82,18 @@ def register_problem_handlers(app: Flask) -> None:
     app.register_error_handler(IdempotencyConflict, lambda e: problem(409, "Conflict", str(e)))
     app.register_error_handler(InvalidTransition, lambda e: problem(409, "Conflict", str(e)))
     app.register_error_handler(SagaNeedsSupport, lambda e: problem(409, "Conflict", str(e)))
+    app.register_error_handler(ActionRefused, _refused)
+    app.register_error_handler(BulkPlanExpired, lambda e: problem(409, "Conflict", str(e)))
     app.register_error_handler(Overloaded, _overloaded)
     app.register_error_handler(DomainError, lambda e: problem(422, "Unprocessable Entity", str(e)))
     app.register_error_handler(sqlalchemy.exc.OperationalError, _database_down)
     app.register_error_handler(sqlalchemy.exc.InterfaceError, _database_down)
     app.register_error_handler(Exception, _unexpected)
+
+
+def _refused(error: ActionRefused) -> Response:
+    extra: dict[str, object] = {"saga_id": error.saga_id, "state": error.state} if error.saga_id else {}
+    return problem(409, "Conflict", str(error), None, **extra)
 
 
 def _overloaded(error: Overloaded) -> Response:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from http.client import RemoteDisconnected
 from typing import Any
 
 import urllib3
-from http.client import RemoteDisconnected
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,

@@ -157,3 +157,44 @@ customer_orders = sa.Table(
     sa.Column("updated_at", Time, nullable=False),
 )
 sa.Index("ix_customer_orders_customer_created", customer_orders.c.customer_id, customer_orders.c.order_id.desc())
+
+# Every support action, single or bulk: who, when, what, why, and the saga's state before and after. Written in the
+# action's own transaction; the API only ever reads it.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("at", Time, nullable=False),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("saga_id", sa.Integer, index=True),
+    sa.Column("step", sa.String(32)),
+    sa.Column("bulk_token", sa.String(64), index=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("state_before", sa.String(64)),
+    sa.Column("state_after", sa.String(64)),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text),
+)
+
+# A bulk action's dry run: exactly which sagas, in which state; the real run takes its token and works through
+# `sagas` in batches from `cursor`.
+bulk_plans = sa.Table(
+    "bulk_plans",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("step", sa.String(32)),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("filter", sa.Text, nullable=False),
+    sa.Column("sagas", sa.Text, nullable=False),  # JSON [[saga_id, "STATE"], ...], newest first
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("cursor", sa.Integer, nullable=False, default=0),
+    sa.Column("touched", sa.Integer, nullable=False, default=0),
+    sa.Column("skipped", sa.Integer, nullable=False, default=0),
+    sa.Column("created_by", sa.String(100), nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("expires_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+)

@@ -235,3 +235,9 @@ def _next_compensation(definition: SagaDefinition, state: SagaState, reason: str
     if closing is not None and state.step(closing).status not in (StepStatus.COMPENSATED, StepStatus.FAILED):
         return [RunStep(closing)]
     return [FinishSaga(SagaStatus.COMPENSATED, reason)]
+
+
+def compensate_now(definition: SagaDefinition, state: SagaState, reason: str | None) -> list[Command]:
+    """Undo what the saga did, latest first, whatever its steps say now (support's "compensate" on a parked
+    saga): the commands that begin it."""
+    return _compensate(definition, state, reason)

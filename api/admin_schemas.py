@@ -1,0 +1,150 @@
+"""Marshmallow schemas of the support API under /admin."""
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from api.schemas import INT32_MAX, StepSchema
+
+SAGA_STATUSES = ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "FAILED"]
+ACTIONS = ["retry", "resume", "skip", "compensate", "cancel"]
+
+
+class SagaFilterSchema(Schema):
+    status = fields.List(fields.String(validate=validate.OneOf(SAGA_STATUSES)), load_default=[],
+                         metadata={"description": "one or more (repeat the parameter)"})
+    kind = fields.String(validate=validate.OneOf(["order", "cancel"]))
+    failing_step = fields.String(validate=validate.Length(1, 32),
+                                 metadata={"description": "the saga's latest step that failed for good"})
+    error = fields.String(validate=validate.Length(1, 200),
+                          metadata={"description": "text in the saga's reason or a step's error, any case"})
+    order_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
+    customer_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
+    since = fields.AwareDateTime(metadata={"description": "created at or after (ISO 8601 with offset)"})
+    until = fields.AwareDateTime(metadata={"description": "created before (ISO 8601 with offset)"})
+
+
+class SagaSummarySchema(Schema):
+    id = fields.Integer()
+    kind = fields.String()
+    status = fields.String()
+    order_id = fields.Integer()
+    customer_id = fields.Integer()
+    failing_step = fields.String(allow_none=True)
+    error = fields.String(allow_none=True, metadata={"description": "the failing step's error"})
+    reason = fields.String(allow_none=True)
+    cancel_requested = fields.Boolean()
+    recoveries = fields.Integer()
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class CountsSchema(Schema):
+    by_status = fields.Dict(keys=fields.String(), values=fields.Integer())
+    by_failing_step = fields.Dict(keys=fields.String(), values=fields.Integer())
+
+
+class AttemptSchema(Schema):
+    number = fields.Integer()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    outcome = fields.String()
+    error = fields.String(allow_none=True)
+    task_id = fields.String(allow_none=True)
+    provider_ref = fields.String(allow_none=True)
+    outcome_unknown = fields.Boolean()
+
+
+class TimelineStepSchema(StepSchema):
+    outcome_unknown = fields.Boolean()
+    waited_s = fields.Float()
+    attempts_list = fields.List(fields.Nested(AttemptSchema), data_key="attempt_history")
+
+
+class AuditEntrySchema(Schema):
+    id = fields.Integer()
+    at = fields.DateTime()
+    actor = fields.String()
+    role = fields.String()
+    action = fields.String()
+    saga_id = fields.Integer(allow_none=True)
+    step = fields.String(allow_none=True)
+    bulk_token = fields.String(allow_none=True)
+    reason = fields.String()
+    state_before = fields.String(allow_none=True)
+    state_after = fields.String(allow_none=True)
+    outcome = fields.String(metadata={"enum": ["done", "refused"]})
+    detail = fields.String(allow_none=True)
+
+
+class StateChangeSchema(Schema):
+    at = fields.DateTime()
+    status = fields.String()
+    by = fields.String(metadata={"description": "the saga itself, or the support action that changed it"})
+
+
+class TimelineSchema(SagaSummarySchema):
+    state = fields.String(metadata={"description": "status, with the failing step: FAILED:pay"})
+    steps = fields.List(fields.Nested(TimelineStepSchema))
+    state_changes = fields.List(fields.Nested(StateChangeSchema))
+    audit = fields.List(fields.Nested(AuditEntrySchema))
+    actions = fields.List(fields.String(), metadata={"description": "the actions its state allows now"})
+
+
+class ActionSchema(Schema):
+    reason = fields.String(required=True, validate=validate.Length(3, 500),
+                           metadata={"description": "why: kept in the audit log"})
+    step = fields.String(validate=validate.Length(1, 32), metadata={"description": "resume: the step to run again"})
+
+
+class ActionResultSchema(Schema):
+    saga_id = fields.Integer()
+    action = fields.String()
+    state_before = fields.String()
+    state_after = fields.String()
+    audit_id = fields.Integer()
+    started_saga_id = fields.Integer(allow_none=True)
+
+
+class BulkPlanRequestSchema(Schema):
+    action = fields.String(required=True, validate=validate.OneOf(ACTIONS))
+    reason = fields.String(required=True, validate=validate.Length(3, 500))
+    step = fields.String(validate=validate.Length(1, 32))
+    filter = fields.Nested(SagaFilterSchema, required=True)
+
+
+class PlannedSagaSchema(Schema):
+    saga_id = fields.Integer()
+    state = fields.String(metadata={"description": "as the dry run saw it; the run skips a saga no longer in it"})
+
+
+class BulkProgressSchema(Schema):
+    token = fields.String()
+    action = fields.String()
+    step = fields.String(allow_none=True)
+    reason = fields.String()
+    filter = fields.Dict()
+    total = fields.Integer()
+    done = fields.Integer()
+    touched = fields.Integer()
+    skipped = fields.Integer()
+    finished = fields.Boolean()
+    created_by = fields.String()
+    created_at = fields.DateTime()
+    expires_at = fields.DateTime()
+    sagas = fields.List(fields.Nested(PlannedSagaSchema))
+    results = fields.List(fields.Dict())
+
+
+class BulkPageQuerySchema(Schema):
+    page = fields.Integer(load_default=1, validate=validate.Range(1, 100_000))
+    page_size = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+
+
+class BulkRunSchema(Schema):
+    batch_size = fields.Integer(load_default=50, validate=validate.Range(1, 100))
+
+
+class AuditQuerySchema(Schema):
+    saga_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
+    bulk_token = fields.String(validate=validate.Length(1, 64))

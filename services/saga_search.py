@@ -1,0 +1,186 @@
+"""Finding sagas for support: filters, newest first, paged; counts by status and by failing step."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from domain.errors import SagaNotFound
+from infra import repository as repo
+from infra.tables import audit_log, orders, saga_steps, sagas
+from saga.orchestrator import StepStatus
+from services.runtime import Runtime
+
+MAX_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class SagaFilter:
+    statuses: tuple[str, ...] = ()
+    kind: str | None = None
+    failing_step: str | None = None
+    error: str | None = None  # text in the saga's reason or in a failed step's error, any case
+    order_id: int | None = None
+    customer_id: int | None = None
+    since: datetime | None = None  # created at or after
+    until: datetime | None = None  # created before
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (v.isoformat() if isinstance(v, datetime) else list(v) if isinstance(v, tuple) else v)
+                for k, v in self.__dict__.items() if v not in (None, ())}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SagaFilter:
+        values = dict(data)
+        for key in ("since", "until"):
+            if isinstance(values.get(key), str):
+                values[key] = datetime.fromisoformat(values[key])
+        values["statuses"] = tuple(values.get("statuses") or ())
+        return cls(**values)
+
+
+_failed = saga_steps.alias("failed")
+
+
+def _of_failing_step(column: Any) -> Any:
+    """A column of the saga's failing step: its latest (by position) step that failed for good."""
+    return (sa.select(column).where(_failed.c.saga_id == sagas.c.id, _failed.c.status == StepStatus.FAILED.value)
+            .order_by(_failed.c.position.desc()).limit(1).scalar_subquery())
+
+
+_FAILING_STEP = _of_failing_step(_failed.c.name)
+_FAILING_ERROR = _of_failing_step(_failed.c.error)
+
+
+def _where(f: SagaFilter) -> list[Any]:
+    clauses: list[Any] = []
+    if f.statuses:
+        clauses.append(sagas.c.status.in_(f.statuses))
+    if f.kind:
+        clauses.append(sagas.c.kind == f.kind)
+    if f.order_id is not None:
+        clauses.append(sagas.c.order_id == f.order_id)
+    if f.customer_id is not None:
+        clauses.append(orders.c.customer_id == f.customer_id)
+    if f.since is not None:
+        clauses.append(sagas.c.created_at >= f.since)
+    if f.until is not None:
+        clauses.append(sagas.c.created_at < f.until)
+    if f.failing_step:
+        clauses.append(_FAILING_STEP == f.failing_step)
+    if f.error:
+        pattern = "%" + f.error.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        step_error = sa.exists().where(saga_steps.c.saga_id == sagas.c.id,
+                                       sa.func.lower(saga_steps.c.error).like(pattern, escape="\\"))
+        clauses.append(sa.or_(sa.func.lower(sagas.c.reason).like(pattern, escape="\\"), step_error))
+    return clauses
+
+
+_FROM = sagas.join(orders, orders.c.id == sagas.c.order_id)
+
+
+def search(rt: Runtime, f: SagaFilter, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """One page of the sagas matching f, newest first, and how many match in all."""
+    with rt.db.reading() as conn:
+        query = (
+            sa.select(sagas.c.id, sagas.c.kind, sagas.c.status, sagas.c.order_id, orders.c.customer_id,
+                      sagas.c.reason, sagas.c.cancel_requested, sagas.c.recoveries, sagas.c.created_at,
+                      sagas.c.updated_at, sagas.c.finished_at, _FAILING_STEP.label("failing_step"),
+                      _FAILING_ERROR.label("error"))
+            .select_from(_FROM).where(*_where(f)).order_by(sagas.c.id.desc()).offset(offset).limit(limit)
+        )
+        rows = [dict(row._mapping) for row in conn.execute(query)]
+        total = conn.execute(sa.select(sa.func.count()).select_from(_FROM).where(*_where(f))).scalar_one()
+    return rows, int(total)
+
+
+def matching_ids(conn: Connection, f: SagaFilter, limit: int) -> Sequence[Any]:
+    """(id, status, failing step) of up to `limit` sagas matching f, newest first."""
+    return conn.execute(
+        sa.select(sagas.c.id, sagas.c.status, _FAILING_STEP.label("failing_step"))
+        .select_from(_FROM).where(*_where(f)).order_by(sagas.c.id.desc()).limit(limit)
+    ).all()
+
+
+def counts(rt: Runtime, f: SagaFilter) -> dict[str, dict[str, int]]:
+    """How many sagas match f, by status and by failing step."""
+    with rt.db.reading() as conn:
+        by_status = conn.execute(
+            sa.select(sagas.c.status, sa.func.count()).select_from(_FROM).where(*_where(f)).group_by(sagas.c.status)
+        ).all()
+        failing = _FAILING_STEP.label("failing_step")
+        inner = sa.select(failing).select_from(_FROM).where(*_where(f)).subquery()
+        by_step = conn.execute(
+            sa.select(inner.c.failing_step, sa.func.count()).where(inner.c.failing_step.is_not(None))
+            .group_by(inner.c.failing_step)
+        ).all()
+    return {"by_status": {s: int(n) for s, n in by_status}, "by_failing_step": {s: int(n) for s, n in by_step}}
+
+
+def audit_page(rt: Runtime, saga_id: int | None, bulk_token: str | None, offset: int,
+               limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Audit entries, newest first: all of them, one saga's, or one bulk run's."""
+    clauses = []
+    if saga_id is not None:
+        clauses.append(audit_log.c.saga_id == saga_id)
+    if bulk_token is not None:
+        clauses.append(audit_log.c.bulk_token == bulk_token)
+    with rt.db.reading() as conn:
+        rows = conn.execute(sa.select(audit_log).where(*clauses).order_by(audit_log.c.id.desc())
+                            .offset(offset).limit(limit)).all()
+        total = conn.execute(sa.select(sa.func.count()).select_from(audit_log).where(*clauses)).scalar_one()
+    return [dict(row._mapping) for row in rows], int(total)
+
+
+def timeline(rt: Runtime, saga_id: int) -> dict[str, Any]:
+    """One saga for support: its steps with every attempt, its state changes, its audit log, what can be done."""
+    from services.support import allowed_actions, state_label
+
+    with rt.db.reading() as conn:
+        saga = repo.load_saga(conn, saga_id)
+        if saga is None:
+            raise SagaNotFound(saga_id)
+        row = conn.execute(sa.select(sagas, orders.c.customer_id).select_from(_FROM)
+                           .where(sagas.c.id == saga_id)).one()
+        steps = [dict(r._mapping) for r in repo.saga_step_rows(conn, saga_id)]
+        attempts = attempt_rows(conn, saga_id)
+        audit = [dict(r._mapping) for r in conn.execute(
+            sa.select(audit_log).where(audit_log.c.saga_id == saga_id).order_by(audit_log.c.id))]
+    definition = rt.definitions[saga.kind]
+    for step in steps:
+        step["attempts_list"] = attempts.get(step["name"]) or _attempts_from_row(step)
+    body = dict(row._mapping)
+    body.update(state=state_label(saga), steps=steps, audit=audit, actions=allowed_actions(definition, saga),
+                state_changes=_state_changes(definition, body, steps, audit))
+    return body
+
+
+def attempt_rows(conn: Connection, saga_id: int) -> dict[str, list[dict[str, Any]]]:
+    """Each step's kept attempts, oldest first (none kept: the step row stands for its latest)."""
+    return {}
+
+
+def _attempts_from_row(step: dict[str, Any]) -> list[dict[str, Any]]:
+    if not step["attempts"] or step["started_at"] is None:
+        return []
+    return [{"number": step["attempts"], "started_at": step["started_at"], "finished_at": step["finished_at"],
+             "outcome": step["status"], "error": step["error"], "task_id": step["task_id"],
+             "provider_ref": step["provider_ref"], "outcome_unknown": step["outcome_unknown"]}]
+
+
+def _state_changes(definition: Any, saga: dict[str, Any], steps: list[dict[str, Any]],
+                   audit: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the saga's own rows tell of its life, with the support actions that changed it, in time order."""
+    changes = [{"at": saga["created_at"], "status": "RUNNING", "by": "saga"}]
+    begun = [s["created_at"] for s in steps if definition.is_compensation(s["name"]) and s["created_at"]]
+    if begun:
+        changes.append({"at": min(begun), "status": "COMPENSATING", "by": "saga"})
+    if saga["finished_at"] is not None:
+        changes.append({"at": saga["finished_at"], "status": saga["status"], "by": "saga"})
+    changes += [{"at": a["at"], "status": (a["state_after"] or "").split(":")[0], "by": f"{a['action']} by "
+                 f"{a['actor']}"} for a in audit if a["outcome"] == "done"]
+    return sorted(changes, key=lambda c: c["at"])
