@@ -153,19 +153,24 @@ class SandboxState:
     ) -> tuple[Answer, bool]:
         """Answer a call at most once per key; tell whether its effect was performed just now.
 
-        A remembered answer for the key wins; otherwise the rejection (if any) or the effect's
-        answer is remembered, and journaled with the ledger changes it made before the call is answered.
-        A Problem raised by the effect is not remembered (effects raise before they change the book).
+        A remembered answer for the key wins; otherwise the effect's answer is remembered, and journaled with
+        the ledger changes it made before the call is answered. A rejection (the call's input refused, as a
+        real provider refuses a request that fails validation) is not remembered: the same key may be sent
+        again once the input is fixed (Stripe saves no idempotent result for a request that failed
+        validation). A Problem raised by the effect is not remembered either (effects raise before they change
+        the book).
         """
         slot = (provider, operation, key)
         with self._lock:
             if slot in self._answers:
                 return self._answers[slot], False
+            if rejection is not None:
+                return rejection, False
             book = self._books[provider]
-            answer = rejection if rejection is not None else effect(book)
+            answer = effect(book)
             self._answers[slot] = answer
             remembered = {"status": answer.status, "body": answer.body, "problem": answer.problem}  # not asdict: slow
             record = {"slot": slot, "answer": remembered, "changes": book.take_changes()}
             generation = self._journal.generation
         self._journal.append(record, generation)  # written out of the lock: under it the threads queued (measured)
-        return answer, rejection is None
+        return answer, True

@@ -323,7 +323,11 @@ def assert_ended(engine: Engine, placed: OrderView, status: OrderStatus, message
 
 def make_engine(tmp_path: Path, **settings: Any) -> Engine:
     """An Engine on a fresh SQLite file, with settings overridden by name (inline_steps=0...)."""
-    rt = make_runtime(tmp_path)
+    return engine_on(make_runtime(tmp_path), **settings)
+
+
+def engine_on(rt: Runtime, **settings: Any) -> Engine:
+    """An Engine on the runtime's database (migrated and seeded), with fakes for the rest."""
     clock = FakeClock()
     providers = FakeProviders()
     breakers = FakeBreakers(clock)
