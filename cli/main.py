@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from cli import sagas as sagas_cli
 from cli.embedded import EmbeddedRedis
 from cli.ports import port_problem
 from cli.supervisor import Supervisor
@@ -54,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--bind", default=os.environ.get("BOOKMARKET_BIND", "127.0.0.1"))
     sub.add_parser("migrate", help="bring the database schema up to date and seed the catalog")
     sub.add_parser("config", help="print the settings the environment gives, as JSON (passwords masked)")
+    sagas_cli.add_parser(sub)
     return p
 
 
@@ -199,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     if args.command == "up":
         return up(args)
+    if args.command == "sagas":
+        return sagas_cli.run(args)
     if args.command == "config":
         print(config_json(settings))
         return 0
