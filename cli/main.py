@@ -15,6 +15,7 @@ from cli.supervisor import Supervisor
 from infra.config import Settings
 from infra.db import sqlite_url_for
 from infra.migrate import upgrade
+from infra.tokens import Tokens
 
 # Saga steps one worker process runs at once. A step spends nearly all its time waiting on a provider (hundreds of
 # milliseconds) and holds no database connection meanwhile, so one process on Celery's thread pool keeps this
@@ -174,10 +175,15 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
 
 
 def config_json(settings: Settings) -> str:
-    """The settings as JSON, with the password of every URL masked."""
+    """The settings as JSON, with the password of every URL masked and the API tokens as their roles and names."""
     described = settings.describe()
-    return json.dumps({name: _mask_password(value) if name.endswith("_url") else value
-                       for name, value in described.items()}, indent=2)
+    return json.dumps({name: _masked(name, value) for name, value in described.items()}, indent=2)
+
+
+def _masked(name: str, value: object) -> object:
+    if isinstance(value, Tokens):
+        return value.describe()
+    return _mask_password(value) if name.endswith("_url") else value
 
 
 def _mask_password(url: object) -> object:
