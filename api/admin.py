@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -22,6 +21,7 @@ from api.admin_schemas import (
     SagaSummarySchema,
     TimelineSchema,
 )
+from api.auth import current_principal, requires
 from api.views import ID, runtime
 from services import bulk, saga_search
 from services.saga_search import SagaFilter
@@ -35,9 +35,8 @@ ACTION = "any(retry, resume, skip, compensate, cancel)"
 
 
 def actor() -> Actor:
-    principal = getattr(g, "principal", None)
-    if principal is None:
-        return Actor("anonymous", "support")
+    principal = current_principal()
+    assert principal is not None, "every /admin view needs a token"
     return Actor(principal.name, principal.role)
 
 
@@ -50,6 +49,7 @@ def saga_filter(query: dict[str, Any]) -> SagaFilter:
 
 @admin.route("/sagas")
 class Sagas(MethodView):
+    @requires("viewer")
     @admin.arguments(SagaFilterSchema, location="query")
     @admin.response(200, SagaSummarySchema(many=True))
     @admin.paginate()
@@ -63,6 +63,7 @@ class Sagas(MethodView):
 
 @admin.route("/sagas/counts")
 class SagaCounts(MethodView):
+    @requires("viewer")
     @admin.arguments(SagaFilterSchema, location="query")
     @admin.response(200, CountsSchema)
     def get(self, query: dict[str, Any]) -> Any:
@@ -72,6 +73,7 @@ class SagaCounts(MethodView):
 
 @admin.route(f"/sagas/<{ID}:saga_id>")
 class SagaTimeline(MethodView):
+    @requires("viewer")
     @admin.response(200, TimelineSchema)
     @admin.alt_response(404, description="No such saga")
     def get(self, saga_id: int) -> Any:
@@ -81,6 +83,7 @@ class SagaTimeline(MethodView):
 
 @admin.route(f"/sagas/<{ID}:saga_id>/<{ACTION}:action>")
 class SagaAction(MethodView):
+    @requires("support")
     @admin.arguments(ActionSchema)
     @admin.response(200, ActionResultSchema)
     @admin.alt_response(404, description="No such saga")
@@ -97,6 +100,7 @@ class SagaAction(MethodView):
 
 @admin.route("/bulk")
 class BulkPlans(MethodView):
+    @requires("support")
     @admin.arguments(BulkPlanRequestSchema)
     @admin.response(201, BulkProgressSchema)
     @admin.alt_response(409, description="Too many sagas match")
@@ -111,6 +115,7 @@ class BulkPlans(MethodView):
 
 @admin.route("/bulk/<string(maxlength=64):token>")
 class BulkPlan(MethodView):
+    @requires("viewer")
     @admin.arguments(BulkPageQuerySchema, location="query")
     @admin.response(200, BulkProgressSchema)
     @admin.alt_response(404, description="No such plan")
@@ -124,6 +129,7 @@ class BulkPlan(MethodView):
 
 @admin.route("/bulk/<string(maxlength=64):token>/run")
 class BulkRun(MethodView):
+    @requires("support")
     @admin.arguments(BulkRunSchema)
     @admin.response(200, BulkProgressSchema)
     @admin.alt_response(404, description="No such plan")
@@ -137,6 +143,7 @@ class BulkRun(MethodView):
 
 @admin.route("/audit")
 class Audit(MethodView):
+    @requires("viewer")
     @admin.arguments(AuditQuerySchema, location="query")
     @admin.response(200, AuditEntrySchema(many=True))
     @admin.paginate()

@@ -5,6 +5,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from api.admin import admin
+from api.auth import NO_TOKENS, NoTokens, protect
 from api.problems import ProblemApi, register_problem_handlers
 from api.views import blp
 from infra.config import Settings
@@ -17,8 +18,11 @@ SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
-    """Build the API: configuration from the environment unless given, a runtime per app."""
+    """Build the API: configuration from the environment unless given, a runtime per app. Without any API token
+    (BOOKMARKET_TOKENS) it refuses to start."""
     settings = settings or Settings.from_env()
+    if not settings.api_tokens:
+        raise NoTokens(NO_TOKENS)
     app = Flask("bookmarket")
     app.config.update(
         API_TITLE="Book Market",
@@ -41,6 +45,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     api.register_blueprint(blp)
     api.register_blueprint(admin)
     register_problem_handlers(app)
+    protect(app, api, settings.api_tokens)
     return app
 
 

@@ -9,6 +9,7 @@ from flask import current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from api.auth import public, requires
 from api.problems import problem
 from api.schemas import (
     INT32_MAX,
@@ -60,6 +61,7 @@ def requested_wait() -> float | None:
 
 @blp.route("/orders")
 class Orders(MethodView):
+    @requires("storefront")
     @blp.arguments(OrderCreateSchema)
     @blp.response(202, OrderSchema, description="Accepted: the saga runs; poll the Location")
     @blp.alt_response(201, schema=OrderSchema, description="With `Prefer: wait=N`: paid within N seconds")
@@ -111,6 +113,7 @@ class Orders(MethodView):
 
 @blp.route(f"/orders/<{ID}:order_id>")
 class OrderById(MethodView):
+    @requires("storefront")
     @blp.response(200, OrderSchema)
     @blp.alt_response(404, description="No such order")
     def get(self, order_id: int) -> Any:
@@ -120,6 +123,7 @@ class OrderById(MethodView):
 
 @blp.route(f"/orders/<{ID}:order_id>/cancel")
 class CancelOrder(MethodView):
+    @requires("storefront")
     @blp.arguments(CancelSchema, required=False)
     @blp.response(202, OrderSchema, description="Cancel recorded; the order ends CANCELLED")
     @blp.alt_response(404, description="No such order")
@@ -133,6 +137,7 @@ class CancelOrder(MethodView):
 
 @blp.route(f"/sagas/<{ID}:saga_id>")
 class SagaById(MethodView):
+    @requires("storefront")
     @blp.response(200, SagaSchema)
     @blp.alt_response(404, description="No such saga")
     def get(self, saga_id: int) -> Any:
@@ -143,6 +148,7 @@ class SagaById(MethodView):
 
 @blp.route("/books")
 class Books(MethodView):
+    @requires("storefront")
     @blp.response(200, BookSchema(many=True))
     def get(self) -> Any:
         """The catalog."""
@@ -152,6 +158,7 @@ class Books(MethodView):
 
 @blp.route(f"/customers/<{ID}:customer_id>/orders")
 class CustomerOrders(MethodView):
+    @requires("storefront")
     @blp.response(200, CustomerOrderSchema(many=True))
     @blp.paginate()
     def get(self, customer_id: int, pagination_parameters: Any) -> Any:
@@ -164,6 +171,7 @@ class CustomerOrders(MethodView):
 
 @blp.route("/notifications")
 class Notifications(MethodView):
+    @requires("storefront")
     @blp.arguments(NotificationQuerySchema, location="query")
     @blp.response(200, NotificationSchema(many=True))
     @blp.paginate()
@@ -177,6 +185,7 @@ class Notifications(MethodView):
 
 @blp.route("/health")
 class Health(MethodView):
+    @public
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="A dependency is down")
     def get(self) -> Any:
@@ -187,6 +196,7 @@ class Health(MethodView):
 
 @blp.route("/health/live")
 class Liveness(MethodView):
+    @public
     @blp.response(200, HealthSchema)
     def get(self) -> Any:
         """Liveness: the process serves HTTP (dependencies are not checked; see /health for readiness)."""

@@ -126,7 +126,7 @@ def run_python(args: argparse.Namespace, url: str, endpoint: str, seconds: float
     started = time.monotonic()
 
     def client(n: int) -> None:
-        session = requests.Session()
+        session = c.api_session()
         rnd = random.Random(n)
         mine: list[float] = []
         counter = 0
@@ -189,7 +189,7 @@ def seed_orders(url: str, count: int) -> tuple[int, int]:
         with lock:
             ids.append(int(r.json()["id"]))
 
-    errors = c.run_clients(8, count, post, requests.Session, threading.Event())
+    errors = c.run_clients(8, count, post, c.api_session, threading.Event())
     if errors:
         raise RuntimeError(f"seeding orders failed: {errors[0]!r}")
     return min(ids), max(ids)

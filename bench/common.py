@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shlex
 import signal
 import socket
@@ -35,6 +36,10 @@ RESULTS = ROOT / "bench" / "results"
 PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL") or os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL") or os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The API token of this run: every stack the benchmarks start takes it (BOOKMARKET_TOKENS, via base_env), every
+# client sends it (AUTH; wrk reads BOOKMARKET_TOKEN).
+TOKEN = secrets.token_urlsafe(32)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 _T0 = time.monotonic()
 
 
@@ -178,9 +183,17 @@ def wait_log(proc: Proc, text: str, timeout: float = 90) -> None:
 
 def base_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        BOOKMARKET_TOKENS=f"storefront:bench={TOKEN}", BOOKMARKET_TOKEN=TOKEN)
     env.update(extra)
     return env
+
+
+def api_session() -> requests.Session:
+    """A keep-alive session to the API sending the run's token."""
+    session = requests.Session()
+    session.headers.update(AUTH)
+    return session
 
 
 # --------------------------------------------------------------------------------------------------- databases

@@ -36,8 +36,10 @@ from tests.integration.conftest import forget_queue  # noqa: E402
 from tests.support import (  # noqa: E402
     PG_ADMIN_URL,
     REDIS_BASE_URL,
+    TOKENS_SETTING,
     ProcessHandle,
     Sandbox,
+    bearer,
     free_port,
     spawn,
     start_sandbox,
@@ -96,6 +98,7 @@ class Clients:
 
     def _client(self, index: int, deadline: float) -> None:
         session = requests.Session()
+        session.headers.update(bearer())
         body = {"customer_id": 1000 + index, "book_id": 1 + index % 6, "qty": 1}
         while time.monotonic() < deadline:
             started = time.monotonic()
@@ -152,7 +155,7 @@ def main() -> int:
         low, high = (int(v) for v in args.latency_ms.split(","))
         sandbox.behave("payment", latency_ms=[low, high])
         env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=REDIS_BASE_URL,
-                   SAGA_QUEUE=queue, SANDBOX_URL=sandbox_proc.url,
+                   SAGA_QUEUE=queue, SANDBOX_URL=sandbox_proc.url, BOOKMARKET_TOKENS=TOKENS_SETTING,
                    **dict(s.split("=", 1) for s in args.setting))
         env.pop("PAYMENT_URL", None), env.pop("DELIVERY_URL", None), env.pop("MESSAGING_URL", None)
         for i in range(args.workers):
@@ -161,7 +164,7 @@ def main() -> int:
         api = spawn(gunicorn_api("127.0.0.1", port), env, tmp / "api.log")
         procs.append(ProcessHandle(api, log=tmp / "api.log"))
         url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/books", api)
+        wait_http(f"{url}/health", api)
         print(f"overload: {args.clients} clients for {args.seconds:g}s, payment {low}-{high} ms, {args.workers} "
               f"worker process(es) x {args.threads} threads, API as `bookmarket api`", flush=True)
         clients = Clients(url, args.clients, args.seconds)

@@ -247,7 +247,7 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
                 ok = False
                 try:
                     response = pool.urlopen("POST", "/orders", body=json.dumps(_order_payload(i)).encode(),
-                                            headers={"Content-Type": "application/json"})
+                                            headers={"Content-Type": "application/json", **c.AUTH})
                     ok = response.status == 202
                     if response.status == 503 and time.monotonic() < deadline and not c.STOP.is_set():
                         with phase.post_lock:

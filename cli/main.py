@@ -13,9 +13,11 @@ from cli import sagas as sagas_cli
 from cli.embedded import EmbeddedRedis
 from cli.ports import port_problem
 from cli.supervisor import Supervisor
+from cli.tokens import load_or_make, read, tokens_file
 from infra.config import Settings
 from infra.db import sqlite_url_for
 from infra.migrate import upgrade
+from infra.tokens import Tokens
 
 # Saga steps one worker process runs at once. A step spends nearly all its time waiting on a provider (hundreds of
 # milliseconds) and holds no database connection meanwhile, so one process on Celery's thread pool keeps this
@@ -45,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="the HTTP API under gunicorn")
     api.add_argument("--port", type=int, default=_env_int("BOOKMARKET_PORT", 8080))
     api.add_argument("--bind", default=os.environ.get("BOOKMARKET_BIND", "127.0.0.1"))
+    api.add_argument("--data-dir", default=os.environ.get("BOOKMARKET_DATA_DIR", "./var"),
+                     help="without BOOKMARKET_TOKENS, the API takes the tokens `bookmarket up` keeps here (./var)")
     worker = sub.add_parser("worker", help="a Celery worker running saga steps")
     worker.add_argument("--threads", type=int, default=_env_int("BOOKMARKET_WORKER_THREADS", WORKER_THREADS),
                         help=f"saga steps this process runs at once, each on a thread ({WORKER_THREADS})")
@@ -117,6 +121,11 @@ def up(args: argparse.Namespace) -> int:
     sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
     env.setdefault("SANDBOX_URL", sandbox_url)
     env.setdefault("SANDBOX_DATA_DIR", str(data))  # the sandbox remembers its charges and shipments across restarts
+    try:
+        tokens = _tokens_for_up(data, env)
+    except ValueError as exc:  # a token file edited wrong
+        print(f"bookmarket: {exc}", file=sys.stderr, flush=True)
+        return 2
     redis = None if "REDIS_URL" in os.environ else EmbeddedRedis(data)
     if redis is not None:
         env["REDIS_URL"] = redis.url
@@ -126,7 +135,7 @@ def up(args: argparse.Namespace) -> int:
     supervisor = Supervisor(env)
     code = 1
     try:
-        code = _start_all(supervisor, args, run_sandbox, data)
+        code = _start_all(supervisor, args, run_sandbox, tokens)
         if code == 0:
             code = supervisor.run_until_signal()
     finally:
@@ -148,7 +157,19 @@ def _listening_ports(args: argparse.Namespace, run_sandbox: bool) -> list[tuple[
     return ports
 
 
-def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bool, data: Path) -> int:
+def _tokens_for_up(data: Path, env: dict[str, str]) -> str:
+    """Without BOOKMARKET_TOKENS, the tokens kept in the data folder (made there the first time) go to the processes
+    `up` starts, in their sha256 form; what to print about the tokens."""
+    if env.get("BOOKMARKET_TOKENS", "").strip():
+        return "from BOOKMARKET_TOKENS"
+    path = tokens_file(data)
+    entries, tokens = load_or_make(path)
+    env["BOOKMARKET_TOKENS"] = tokens.hashed()
+    shown = "\n             ".join(entries)
+    return f"{shown}\n             (curl -H 'Authorization: Bearer <token>'; kept in {path})"
+
+
+def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bool, tokens: str) -> int:
     settings = Settings.from_env()
     if run_sandbox:
         supervisor.start("sandbox", gunicorn_sandbox("127.0.0.1", args.sandbox_port))
@@ -169,6 +190,7 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
         f"  workers    {args.workers} Celery worker process(es) x {args.threads} threads, "
         f"sweeper every {settings.sweep_interval_s:g}s\n"
         f"  flower     {f'http://127.0.0.1:{args.flower_port}' if args.flower_port else 'off'}\n"
+        f"  tokens     {tokens}\n"
         "  Ctrl-C stops everything.",
         flush=True,
     )
@@ -176,10 +198,15 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
 
 
 def config_json(settings: Settings) -> str:
-    """The settings as JSON, with the password of every URL masked."""
+    """The settings as JSON, with the password of every URL masked and the API tokens as their roles and names."""
     described = settings.describe()
-    return json.dumps({name: _mask_password(value) if name.endswith("_url") else value
-                       for name, value in described.items()}, indent=2)
+    return json.dumps({name: _masked(name, value) for name, value in described.items()}, indent=2)
+
+
+def _masked(name: str, value: object) -> object:
+    if isinstance(value, Tokens):
+        return value.describe()
+    return _mask_password(value) if name.endswith("_url") else value
 
 
 def _mask_password(url: object) -> object:
@@ -191,14 +218,43 @@ def _mask_password(url: object) -> object:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+def _api(args: argparse.Namespace) -> int:
+    try:
+        tokens = _tokens_for_api(Path(args.data_dir))
+    except ValueError as exc:
+        print(f"bookmarket: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if tokens is None:
+        print(f"bookmarket: BOOKMARKET_TOKENS is not set and {tokens_file(Path(args.data_dir))} does not exist: set "
+              "BOOKMARKET_TOKENS (role=token entries, see the README) or run `bookmarket up` once to make tokens "
+              "there", file=sys.stderr, flush=True)
+        return 2
+    os.environ["BOOKMARKET_TOKENS"] = tokens
+    return _exec(gunicorn_api(args.bind, args.port))
+
+
 def _exec(argv: list[str]) -> int:
     os.execv(argv[0], argv)
     return 0  # pragma: no cover - execv does not return
 
 
+def _tokens_for_api(data_dir: Path) -> str | None:
+    """BOOKMARKET_TOKENS for `bookmarket api`: the setting, else the sha256 form of the tokens `up` made in the data
+    folder; None if there are neither."""
+    configured = os.environ.get("BOOKMARKET_TOKENS", "").strip()
+    path = tokens_file(data_dir)
+    if configured or not path.exists():
+        return configured or None
+    return read(path)[1].hashed()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a malformed setting: one line, not a traceback
+        print(f"bookmarket: {exc}", file=sys.stderr, flush=True)
+        return 2
     if args.command == "up":
         return up(args)
     if args.command == "sagas":
@@ -211,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"schema up to date: {settings.database_url}")
         return 0
     if args.command == "api":
-        return _exec(gunicorn_api(args.bind, args.port))
+        return _api(args)
     if args.command == "worker":
         schedule = str(Path(os.environ.get("BOOKMARKET_DATA_DIR", ".")) / "beat-schedule") if args.beat else None
         return _exec(celery_worker(args.threads, settings.queue, schedule))

@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from infra.tokens import Tokens, parse_tokens
+
 # Calls in flight per provider and worker process, out of its 192 threads (`bookmarket worker --threads`): a hung
 # messaging and delivery provider together hold at most 128 of them, so payments keep 64; a payment provider that
 # hangs (before its breaker opens) leaves 64 for shipping and messages. Each cap is above what its provider needs
@@ -52,6 +54,7 @@ class Settings:
     task_events: bool
     chaos_duplicate_dispatch: bool
     chaos_poison_steps: dict[str, str]
+    api_tokens: Tokens
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +98,7 @@ class Settings:
             task_events=_env("TASK_EVENTS", "0") in ("1", "true", "yes"),
             chaos_duplicate_dispatch=_env("CHAOS_DUPLICATE_DISPATCH", "0") in ("1", "true", "yes"),
             chaos_poison_steps=_poison(_env("CHAOS_POISON_STEPS", "")),
+            api_tokens=parse_tokens(_env("BOOKMARKET_TOKENS", ""), "BOOKMARKET_TOKENS"),
         )
 
     def describe(self) -> dict[str, object]:

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import redis
 import requests
+from flask import Flask
+from flask.testing import FlaskClient
 
 from cli.main import WORKER_THREADS, celery_worker, gunicorn_sandbox
 
@@ -21,6 +23,21 @@ PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+# The API's bearer tokens in every test stack: BOOKMARKET_TOKENS gives each role one.
+TEST_TOKENS = {"storefront": "storefront-test-token", "support": "support-test-token", "viewer": "viewer-test-token"}
+TOKENS_SETTING = ",".join(f"{role}={token}" for role, token in TEST_TOKENS.items())
+
+
+def bearer(role: str = "storefront") -> dict[str, str]:
+    """The Authorization header of the test token of `role`."""
+    return {"Authorization": f"Bearer {TEST_TOKENS[role]}"}
+
+
+def api_client(app: Flask, role: str = "storefront") -> FlaskClient:
+    """A test client of the API sending the test token of `role` with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = bearer(role)["Authorization"]
+    return client
 
 
 def free_port() -> int:

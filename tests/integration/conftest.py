@@ -19,7 +19,16 @@ from api.app import create_app
 from infra.config import Settings
 from infra.migrate import upgrade
 from tests.conftest import create_pg_database
-from tests.support import ProcessHandle, Sandbox, free_port, start_sandbox, start_worker, wait_until
+from tests.support import (
+    TOKENS_SETTING,
+    ProcessHandle,
+    Sandbox,
+    api_client,
+    free_port,
+    start_sandbox,
+    start_worker,
+    wait_until,
+)
 
 TERMINAL_SAGA = {"COMPLETED", "COMPENSATED", "FAILED"}
 # Short backoff so spent retries take about a second; notify keeps room to see a provider come back.
@@ -77,6 +86,7 @@ def stack_env(database_url: str, sandbox_url: str, queue: str) -> dict[str, str]
         BREAKER_FAIL_MAX="1000",  # breakers stay out of the way unless a module sets STACK_ENV
         BREAKER_RESET_S="2",
         REDISPATCH_AFTER_S="3",
+        BOOKMARKET_TOKENS=TOKENS_SETTING,
     )
 
 
@@ -94,7 +104,7 @@ def build_stack(tmp: Path, backend: str, admin_url: str, **overrides: str) -> It
     worker = start_worker(env, tmp / "worker.log")
     settings = Settings.from_env(env)
     app = create_app(settings)
-    stack = Stack(backend, env, settings, app.test_client(), Sandbox(sandbox.url), worker)
+    stack = Stack(backend, env, settings, api_client(app), Sandbox(sandbox.url), worker)
     try:
         yield stack
     finally:

@@ -19,7 +19,7 @@ from api.app import create_app
 from infra.config import Settings
 from infra.migrate import upgrade
 from tests.conftest import create_pg_database
-from tests.support import RedisServer
+from tests.support import TOKENS_SETTING, RedisServer, api_client
 
 pytestmark = pytest.mark.integration
 PUBLISH_TIMEOUT_S = 1.0
@@ -42,9 +42,10 @@ def client(postgres_server: str, redis_server: RedisServer) -> Iterator[FlaskCli
     upgrade(database_url)
     settings = Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
                                   "SAGA_QUEUE": f"saga-frozen-{uuid.uuid4().hex[:8]}",
-                                  "SANDBOX_URL": "http://127.0.0.1:9", "PUBLISH_TIMEOUT_S": str(PUBLISH_TIMEOUT_S)})
+                                  "SANDBOX_URL": "http://127.0.0.1:9", "PUBLISH_TIMEOUT_S": str(PUBLISH_TIMEOUT_S),
+                                  "BOOKMARKET_TOKENS": TOKENS_SETTING})
     app = create_app(settings)
-    yield app.test_client()
+    yield api_client(app)
     app.extensions["bookmarket"].close()
     drop()
 
@@ -80,7 +81,7 @@ def test_concurrent_posts_each_answer_within_the_bound_while_redis_is_frozen(
     assert timed_post(client)[0] == 202
     redis_server.freeze()
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda _: timed_post(client.application.test_client()), range(8)))
+        answers = list(pool.map(lambda _: timed_post(api_client(client.application)), range(8)))
     redis_server.thaw()
     assert [status for status, _, _ in answers] == [202] * len(answers), answers
     assert max(took for _, took, _ in answers) <= BOUND_S, [round(took, 2) for _, took, _ in answers]

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from tests.integration.conftest import Stack
-from tests.support import wait_until
+from tests.support import bearer, wait_until
 
 pytestmark = pytest.mark.integration
 STEPS = ["pay", "confirm", "ship", "mark_shipped", "notify"]
@@ -36,6 +36,22 @@ def test_posted_order_reaches_shipped_with_every_step_succeeded_and_one_effect_e
     assert [e["kind"] for e in live.sandbox.ledger("delivery", order["id"])] == ["ship"]
     messages = live.sandbox.ledger("messaging", order["id"])
     assert len(messages) == 1 and messages[0]["customer_id"] == 11 and "has shipped" in messages[0]["text"]
+
+
+def test_a_viewer_token_creates_nothing_and_a_support_token_runs_an_order_to_shipped(live: Stack) -> None:
+    body = {"customer_id": 90, "book_id": 1, "qty": 1}
+    refused = live.client.post("/orders", json=body, headers=bearer("viewer"))
+    assert refused.status_code == 403 and refused.mimetype == "application/problem+json"
+    unauthenticated = live.client.post("/orders", json=body, headers={"Authorization": "Bearer nobody-has-this-token"})
+    assert unauthenticated.status_code == 401 and "Bearer" in unauthenticated.headers["WWW-Authenticate"]
+    assert live.client.get("/customers/90/orders").get_json() == []
+
+    response = live.client.post("/orders", json=body, headers=bearer("support"))
+
+    assert response.status_code == 202, response.get_json()
+    assert live.wait_saga(response.get_json()["saga_id"])["status"] == "COMPLETED"
+    assert [o["status"] for o in live.client.get("/customers/90/orders").get_json()] == ["SHIPPED"]
+    assert len(live.sandbox.ledger("payment", response.get_json()["id"])) == 1
 
 
 def test_declined_payment_ends_rejected_with_nothing_shipped_and_no_retry(live: Stack) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.conftest import Stack
 from tests.integration.test_order_saga import place
-from tests.support import wait_until
+from tests.support import api_client, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -20,16 +20,17 @@ def test_support_finds_a_failed_notify_by_search_retries_it_and_the_audit_log_sa
     order = place(live, customer_id=31)
     live.wait_saga(order["saga_id"])
     live.sandbox.reset()  # messaging accepts messages again
+    support = api_client(live.client.application, "support")
 
-    found = live.client.get("/admin/sagas?failing_step=notify&error=422&customer_id=31").get_json()
+    found = support.get("/admin/sagas?failing_step=notify&error=422&customer_id=31").get_json()
     assert [(s["id"], s["status"], s["failing_step"]) for s in found] == [(order["saga_id"], "COMPLETED", "notify")]
 
-    response = live.client.post(f"/admin/sagas/{order['saga_id']}/retry",
+    response = support.post(f"/admin/sagas/{order['saga_id']}/retry",
                                 json={"reason": "messaging rejected it during their outage"})
     assert response.status_code == 200, response.get_data(as_text=True)
 
     def sent() -> dict[str, Any] | None:
-        view = live.client.get(f"/admin/sagas/{order['saga_id']}").get_json()
+        view = support.get(f"/admin/sagas/{order['saga_id']}").get_json()
         notify = next(s for s in view["steps"] if s["name"] == "notify")
         return view if view["status"] == "COMPLETED" and notify["status"] == "SUCCEEDED" else None
 
@@ -39,6 +40,6 @@ def test_support_finds_a_failed_notify_by_search_retries_it_and_the_audit_log_sa
     assert (entry["action"], entry["reason"], entry["outcome"]) == (
         "retry", "messaging rejected it during their outage", "done")
     assert (entry["state_before"], entry["state_after"]) == ("COMPLETED:notify", "RUNNING")
-    assert entry["actor"]
+    assert (entry["actor"], entry["role"]) == ("support", "support")  # the token's name (its role, unnamed)
     notes = live.client.get("/notifications?customer_id=31").get_json()
     assert [n["status"] for n in notes] == ["SENT"]

@@ -19,7 +19,7 @@ from infra.db import make_engine
 from infra.migrate import upgrade
 from tests.conftest import create_pg_database
 from tests.integration.conftest import forget_queue, stack_env
-from tests.support import Sandbox, free_port, start_sandbox, start_worker, wait_until
+from tests.support import Sandbox, api_client, free_port, start_sandbox, start_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ def most_at_once(finished: list[datetime], call_s: float) -> int:
 def post_orders(app: Flask, customer_id: int, n: int) -> set[int]:
     """n orders posted from 8 client threads at once; their ids."""
     def one(_: int) -> int:
-        response = app.test_client().post("/orders", json={"customer_id": customer_id, "book_id": 1, "qty": 1})
+        response = api_client(app).post("/orders", json={"customer_id": customer_id, "book_id": 1, "qty": 1})
         assert response.status_code == 202, response.get_data(as_text=True)
         return int(response.get_json()["id"])
 

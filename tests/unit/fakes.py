@@ -17,6 +17,7 @@ from infra.config import Settings
 from infra.db import Database
 from infra.providers import Providers
 from services.runtime import Runtime
+from tests.support import TOKENS_SETTING
 
 NOWHERE = "http://127.0.0.1:9"
 
@@ -48,6 +49,7 @@ def settings_for(database_url: str) -> Settings:
         "MESSAGING_URL": f"{NOWHERE}/messaging",
         "PROVIDER_TIMEOUT_S": "1",
         "PUBLISH_TIMEOUT_S": "1",
+        "BOOKMARKET_TOKENS": TOKENS_SETTING,
     })
 
 

@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from saga.order_saga import ORDER_SAGA
 from tests.unit.engine_fakes import Engine, engine_fixture
+from tests.support import api_client
 from tests.unit.test_api import assert_problem
 
 PAY_TRIES = ORDER_SAGA.step("pay").retry.max_attempts
@@ -24,7 +25,7 @@ def engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
 
 @pytest.fixture
 def client(engine: Engine) -> FlaskClient:
-    return create_app(engine.rt.settings, runtime=engine.rt).test_client()
+    return api_client(create_app(engine.rt.settings, runtime=engine.rt), "support")
 
 
 def parked(engine: Engine, customer_id: int = 7) -> int:
@@ -57,7 +58,8 @@ def test_find_a_parked_saga_retry_it_and_read_the_trail(client: FlaskClient, eng
     assert (done["state_before"], done["state_after"]) == ("FAILED:pay", "RUNNING")
     assert ok(client.get(f"/admin/sagas/{saga_id}"))["status"] == "COMPLETED"
     [entry] = ok(client.get(f"/admin/audit?saga_id={saga_id}"))
-    assert (entry["action"], entry["reason"], entry["outcome"]) == ("retry", "provider confirmed", "done")
+    assert (entry["action"], entry["reason"], entry["outcome"], entry["actor"], entry["role"]) == (
+        "retry", "provider confirmed", "done", "support", "support")
     assert ok(client.get("/admin/audit"))[0]["id"] == entry["id"]
 
 
@@ -100,3 +102,22 @@ def test_the_openapi_document_lists_the_support_api(client: FlaskClient) -> None
     assert {"/admin/sagas", "/admin/sagas/counts", "/admin/sagas/{saga_id}", "/admin/sagas/{saga_id}/{action}",
             "/admin/bulk", "/admin/bulk/{token}", "/admin/bulk/{token}/run", "/admin/audit"} <= set(paths)
     assert "409" in paths["/admin/sagas/{saga_id}/{action}"]["post"]["responses"]
+
+
+def test_viewers_read_support_acts_storefronts_and_strangers_are_kept_out(engine: Engine) -> None:
+    saga_id = parked(engine)
+    app = create_app(engine.rt.settings, runtime=engine.rt)
+    viewer, storefront = api_client(app, "viewer"), api_client(app, "storefront")
+    for path in ("/admin/sagas", "/admin/sagas/counts", f"/admin/sagas/{saga_id}", "/admin/audit"):
+        assert viewer.get(path).status_code == 200, path
+        assert_problem(storefront.get(path), 403)
+        response = app.test_client().get(path)
+        assert_problem(response, 401)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert_problem(viewer.post(f"/admin/sagas/{saga_id}/retry", json={"reason": "let me try"}), 403)
+    assert_problem(viewer.post("/admin/bulk", json={"action": "retry", "reason": "all of them", "filter": {}}), 403)
+    assert_problem(storefront.post(f"/admin/sagas/{saga_id}/retry", json={"reason": "let me try"}), 403)
+    assert engine.saga(saga_id).status == "FAILED"  # nothing was done
+    spec = ok(app.test_client().get("/openapi.json"))["paths"]
+    assert spec["/admin/sagas"]["get"]["x-roles"] == ["support", "viewer"]
+    assert spec["/admin/sagas/{saga_id}/{action}"]["post"]["x-roles"] == ["support"]

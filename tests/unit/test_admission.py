@@ -13,13 +13,14 @@ from domain.model import utcnow
 from infra import repository as repo
 from infra.tables import saga_steps
 from services.admission import MAX_RATE, MIN_RATE, RATE_WINDOW_S, Admission, Pace, allowed_backlog, judge
+from tests.support import api_client
 from tests.unit.fakes import RecordingPublisher, make_runtime
 
 
 def test_orders_beyond_the_payment_backlog_limit_get_503_with_retry_after_and_create_nothing(tmp_path: Path) -> None:
     rt = make_runtime(tmp_path)
     rt.settings = replace(rt.settings, admission_max_waiting_payments=2, admission_retry_after_s=3)  # 3 > 2
-    client = create_app(rt.settings, runtime=rt).test_client()
+    client = api_client(create_app(rt.settings, runtime=rt))
     body = {"customer_id": 9, "book_id": 1, "qty": 1}
 
     assert [client.post("/orders", json=body).status_code for _ in range(3)] == [202, 202, 202]
@@ -36,7 +37,7 @@ def test_orders_beyond_the_payment_backlog_limit_get_503_with_retry_after_and_cr
 def test_a_retried_post_with_a_known_idempotency_key_is_answered_even_when_full(tmp_path: Path) -> None:
     rt = make_runtime(tmp_path)
     rt.settings = replace(rt.settings, admission_max_waiting_payments=1)
-    client = create_app(rt.settings, runtime=rt).test_client()
+    client = api_client(create_app(rt.settings, runtime=rt))
     body = {"customer_id": 9, "book_id": 1, "qty": 1}
     first = client.post("/orders", json=body, headers={"Idempotency-Key": "a"})
     client.post("/orders", json=body)
@@ -50,7 +51,7 @@ def test_a_retried_post_with_a_known_idempotency_key_is_answered_even_when_full(
 
 def test_an_order_committed_while_the_broker_is_down_is_accepted_and_left_for_the_sweeper(tmp_path: Path) -> None:
     rt = make_runtime(tmp_path, RecordingPublisher(fail=True))
-    client = create_app(rt.settings, runtime=rt).test_client()
+    client = api_client(create_app(rt.settings, runtime=rt))
 
     response = client.post("/orders", json={"customer_id": 9, "book_id": 1, "qty": 1})
 
@@ -75,7 +76,7 @@ def test_the_backlog_allowed_follows_the_payments_finished_in_the_last_ten_secon
     tmp_path: Path, max_wait_s: float, admitted: bool,
 ) -> None:
     rt = make_runtime(tmp_path)
-    client = create_app(rt.settings, runtime=rt).test_client()
+    client = api_client(create_app(rt.settings, runtime=rt))
     placed = [client.post("/orders", json={"customer_id": 9, "book_id": 1, "qty": 1}).get_json() for _ in range(8)]
     _finish_pay_steps(rt, [p["saga_id"] for p in placed[:5]])  # 5 paid in the last 10 s: 0.5 a second; 3 wait
     rt.settings = replace(rt.settings, admission_max_waiting_payments=2, admission_max_wait_s=max_wait_s)
@@ -90,7 +91,7 @@ def test_the_backlog_allowed_follows_the_payments_finished_in_the_last_ten_secon
 
 def test_payments_finished_longer_ago_than_the_window_do_not_count(tmp_path: Path) -> None:
     rt = make_runtime(tmp_path)
-    client = create_app(rt.settings, runtime=rt).test_client()
+    client = api_client(create_app(rt.settings, runtime=rt))
     placed = [client.post("/orders", json={"customer_id": 9, "book_id": 1, "qty": 1}).get_json() for _ in range(8)]
     _finish_pay_steps(rt, [p["saga_id"] for p in placed[:5]])
     rt.settings = replace(rt.settings, admission_max_waiting_payments=2, admission_max_wait_s=10)
@@ -155,7 +156,7 @@ def test_a_paced_order_gets_503_with_retry_after_and_creates_nothing(tmp_path: P
     app.extensions["bookmarket.admission"] = Admission(0.35, clock=ticks)
     pace = app.extensions["bookmarket.admission"].pace
     pace.rate, pace._tokens = MIN_RATE, 0.0  # as after a run of slow answers
-    client = app.test_client()
+    client = api_client(app)
 
     refused = client.post("/orders", json={"customer_id": 9, "book_id": 1, "qty": 1})
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +12,12 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from domain.catalog import SEED_BOOKS
 from services.runtime import Runtime
+from tests.support import api_client
 from tests.unit.fakes import RecordingPublisher, make_runtime, runtime_for
 
 PROBLEM = "application/problem+json"
 HUGE = "99999999999999999999"
 STEPS = ["pay", "confirm", "ship", "mark_shipped", "notify"]
-
-
-@pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    rt = make_runtime(tmp_path)
-    yield rt
-    rt.close()
 
 
 @pytest.fixture
@@ -35,7 +28,7 @@ def publisher(runtime: Runtime) -> RecordingPublisher:
 
 @pytest.fixture
 def client(runtime: Runtime) -> FlaskClient:
-    return create_app(runtime.settings, runtime=runtime).test_client()
+    return api_client(create_app(runtime.settings, runtime=runtime))
 
 
 def order(customer_id: int = 7, book_id: int = 2, qty: int = 3) -> dict[str, Any]:
@@ -308,7 +301,7 @@ def test_health_reports_each_dependency_and_is_degraded_without_a_broker(client:
 def test_an_order_placed_while_the_broker_refuses_is_still_accepted(tmp_path: Path) -> None:
     rt = make_runtime(tmp_path, RecordingPublisher(fail=True))
     try:
-        client = create_app(rt.settings, runtime=rt).test_client()
+        client = api_client(create_app(rt.settings, runtime=rt))
         response = place(client)
         assert response.status_code == 202
         assert response.get_json()["status"] == "PENDING"
@@ -319,7 +312,7 @@ def test_an_order_placed_while_the_broker_refuses_is_still_accepted(tmp_path: Pa
 def test_with_the_database_down_placing_an_order_is_a_503_problem_with_retry_after() -> None:
     rt = runtime_for("postgresql://postgres@127.0.0.1:1/x")
     try:
-        client = create_app(rt.settings, runtime=rt).test_client()
+        client = api_client(create_app(rt.settings, runtime=rt))
         started = time.monotonic()
         response = place(client)
         assert time.monotonic() - started < 10

@@ -12,6 +12,7 @@ from werkzeug.serving import make_server
 from api.app import create_app
 from cli.main import parser
 from cli.sagas import run
+from tests.support import TEST_TOKENS
 from tests.unit.engine_fakes import Engine, engine_fixture
 from tests.unit.test_support import parked_on_pay
 
@@ -32,7 +33,7 @@ def url(engine: Engine) -> Iterator[str]:
 
 def sagas(url: str, *argv: str, answer: str = "y") -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = run(parser().parse_args(["sagas", "--url", url, "--token", "t", *argv]), out, err, lambda _: answer)
+    code = run(parser().parse_args(["sagas", "--url", url, "--token", TEST_TOKENS["support"], *argv]), out, err, lambda _: answer)
     return code, out.getvalue(), err.getvalue()
 
 

@@ -35,7 +35,10 @@ CHART = ROOT / "helm" / "bookmarket"
 KUBE_VERSION = "1.30.0"
 RELEASE, NAMESPACE = "demo", "shop"
 
-SECRET_NAMES = {"DATABASE_URL", "REDIS_URL"}
+SECRET_NAMES = {"DATABASE_URL", "REDIS_URL", "BOOKMARKET_TOKENS"}
+# The API tokens the tests give compose (from the shell, as compose interpolates them) and the chart (a value).
+SHELL_ENV = {"BOOKMARKET_TOKENS": "storefront=compose-storefront-token,support=compose-support-token"}
+CHART_TOKENS = f"storefront=chart-storefront-token,support:ops=sha256:{'ab' * 32}"
 BOOKMARKET_SERVICES = {"migrate", "api", "worker", "beat", "flower", "sandbox"}
 EXTERNAL_PROVIDERS = {
     "sandbox": {"enabled": False},
@@ -73,9 +76,23 @@ class RecordingEnv(Mapping[str, str]):
         return 0
 
 
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+def compose(shell: Mapping[str, str] = SHELL_ENV) -> dict[str, Any]:
+    """docker-compose.yml as compose reads it when `shell` is its environment."""
+    data: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE.read_text(), shell))
     return data
+
+
+def interpolate(text: str, shell: Mapping[str, str]) -> str:
+    """Compose's variable substitution: ${NAME}, ${NAME:-default}, ${NAME:?error} (ValueError), $$ for a dollar."""
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.groups()
+        value = shell.get(name, "")
+        if not value and operator == ":?":
+            raise ValueError(f"required variable {name} is missing a value: {argument}")
+        return value or (argument if operator == ":-" else "")
+
+    pattern = r"\$\{(\w+)(?:(:[-?])([^}]*))?\}"
+    return "$".join(re.sub(pattern, substitute, part) for part in text.split("$$"))
 
 
 def shared_env() -> dict[str, str]:
@@ -123,6 +140,11 @@ def test_the_names_grepped_from_infra_config_include_every_name_settings_actuall
 # ---------------------------------------------------------------- docker-compose.yml
 
 
+def test_compose_refuses_to_start_without_api_tokens_and_says_which_variable_to_set() -> None:
+    with pytest.raises(ValueError, match="BOOKMARKET_TOKENS.*storefront=<token>"):
+        compose(shell={})
+
+
 def test_compose_defines_every_service_of_the_stack() -> None:
     services = compose()["services"]
     assert set(services) == {"postgres", "redis", *BOOKMARKET_SERVICES}
@@ -143,6 +165,7 @@ def test_the_shared_compose_env_values_are_valid_settings() -> None:
     assert all(isinstance(v, str) for v in env.values()), "quote every value: compose wants strings"
     settings = Settings.from_env(env)
     assert (settings.database_url, settings.redis_url) == (env["DATABASE_URL"], env["REDIS_URL"])
+    assert settings.api_tokens.describe() == ["storefront:storefront", "support:support"]
     for name, value in env.items():
         if value.startswith("{"):
             assert isinstance(json.loads(value), dict), name
@@ -323,12 +346,17 @@ def chart() -> Iterator[helm_python.Chart]:
 
 def render(chart: helm_python.Chart, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every manifest an install with these values creates (hooks included), NOTES.txt left out."""
-    rendered = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    rendered = chart.render(with_tokens(values or {}), name=RELEASE, namespace=NAMESPACE, is_install=True)
     docs: list[dict[str, Any]] = []
     for path, text in sorted(rendered.items()):
         if path.endswith(".yaml"):
             docs.extend(d for d in yaml.safe_load_all(text) if d)
     return docs
+
+
+def with_tokens(values: dict[str, Any]) -> dict[str, Any]:
+    """The values with secrets.apiTokens (required) set to the tests' tokens unless they set it."""
+    return {**values, "secrets": {"apiTokens": CHART_TOKENS, **values.get("secrets", {})}}
 
 
 def one(docs: list[dict[str, Any]], kind: str, component: str) -> dict[str, Any]:
@@ -356,7 +384,7 @@ def settings_env(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 def test_the_chart_lints_without_warnings_in_strict_mode() -> None:
     for values in ({}, EXTERNAL_PROVIDERS):
-        report = helm_python.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
+        report = helm_python.lint(CHART, with_tokens(values), strict=True, kube_version=f"v{KUBE_VERSION}")
         assert report["errors"] == []
         assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
@@ -590,3 +618,29 @@ def test_the_chart_passes_fault_injection_through_and_rejects_a_malformed_poison
     Settings.from_env(env)
     with pytest.raises(helm_python.HelmValuesError, match="chaosPoisonSteps"):
         render(chart, {"config": {"chaosPoisonSteps": "ship:explode"}})
+
+
+def test_the_chart_passes_the_api_tokens_to_the_secret_and_they_parse(chart: helm_python.Chart) -> None:
+    docs = render(chart)
+    secret = next(d for d in docs if d["kind"] == "Secret" and "annotations" not in d["metadata"])
+    assert secret["stringData"]["BOOKMARKET_TOKENS"] == CHART_TOKENS
+    tokens = Settings.from_env(settings_env(docs)).api_tokens
+    assert tokens.describe() == ["storefront:storefront", "support:ops"]
+    assert tokens.find("chart-storefront-token") is not None
+
+
+def test_installing_without_api_tokens_fails_with_a_message_naming_the_value(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=r"secrets\.apiTokens is required"):
+        render(chart, {"secrets": {"apiTokens": ""}})
+
+
+def test_an_existing_secret_needs_no_api_tokens_value(chart: helm_python.Chart) -> None:
+    docs = render(chart, {"secrets": {"existingSecret": "shop-db", "apiTokens": ""}})
+    assert not [d for d in docs if d["kind"] == "Secret"]
+
+
+@pytest.mark.parametrize("tokens", ["admin=chart-admin-token-1234", "storefront=short", "storefront",
+                                    "storefront:-ops=chart-storefront-token"])
+def test_malformed_api_tokens_are_rejected_by_the_values_schema(chart: helm_python.Chart, tokens: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError, match="apiTokens"):
+        render(chart, {"secrets": {"apiTokens": tokens}})

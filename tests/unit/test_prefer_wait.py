@@ -1,9 +1,6 @@
 """`Prefer: wait=N` answers with the order as it ended: 402 only for a payment that failed."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from flask.testing import FlaskClient
 
@@ -11,16 +8,9 @@ from api.app import create_app
 from domain.model import OrderStatus
 from infra import repository as repo
 from services.runtime import Runtime
-from tests.unit.fakes import make_runtime
+from tests.support import api_client
 
 ORDER = {"customer_id": 7, "book_id": 2, "qty": 1}
-
-
-@pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    rt = make_runtime(tmp_path)
-    yield rt
-    rt.close()
 
 
 def ended_as(runtime: Runtime, client: FlaskClient, *statuses: OrderStatus) -> int:
@@ -43,7 +33,7 @@ def ended_as(runtime: Runtime, client: FlaskClient, *statuses: OrderStatus) -> i
 def test_an_order_that_did_not_fail_payment_is_answered_as_it_is(runtime: Runtime,
                                                                   statuses: tuple[OrderStatus, ...],
                                                                   code: int) -> None:
-    client = create_app(runtime.settings, runtime=runtime).test_client()
+    client = api_client(create_app(runtime.settings, runtime=runtime))
     order_id = ended_as(runtime, client, *statuses)
 
     response = client.post("/orders", json=ORDER, headers={"Idempotency-Key": "k1", "Prefer": "wait=1"})
@@ -53,7 +43,7 @@ def test_an_order_that_did_not_fail_payment_is_answered_as_it_is(runtime: Runtim
 
 
 def test_a_rejected_order_is_a_402_problem_with_the_order(runtime: Runtime) -> None:
-    client = create_app(runtime.settings, runtime=runtime).test_client()
+    client = api_client(create_app(runtime.settings, runtime=runtime))
     ended_as(runtime, client, OrderStatus.REJECTED)
 
     response = client.post("/orders", json=ORDER, headers={"Idempotency-Key": "k1", "Prefer": "wait=1"})
