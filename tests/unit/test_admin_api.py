@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from saga.order_saga import ORDER_SAGA
-from tests.unit.engine_fakes import Engine, engine_fixture
 from tests.support import api_client
+from tests.unit.engine_fakes import Engine, engine_fixture
 from tests.unit.test_api import assert_problem
 
 PAY_TRIES = ORDER_SAGA.step("pay").retry.max_attempts

@@ -33,7 +33,8 @@ def url(engine: Engine) -> Iterator[str]:
 
 def sagas(url: str, *argv: str, answer: str = "y") -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = run(parser().parse_args(["sagas", "--url", url, "--token", TEST_TOKENS["support"], *argv]), out, err, lambda _: answer)
+    args = parser().parse_args(["sagas", "--url", url, "--token", TEST_TOKENS["support"], *argv])
+    code = run(args, out, err, lambda _: answer)
     return code, out.getvalue(), err.getvalue()
 
 
