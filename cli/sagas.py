@@ -12,8 +12,9 @@ from typing import Any, TextIO
 
 import requests
 
+from cli.tokens import read, tokens_file
+
 ACTIONS = ("retry", "resume", "skip", "compensate", "cancel")
-TOKEN_FILE = "tokens.json"
 
 
 class CommandError(Exception):
@@ -99,12 +100,18 @@ class Client:
 
 
 def token_from(args: argparse.Namespace) -> str | None:
+    """--token / BOOKMARKET_TOKEN, else the first support (or viewer) token of the file `bookmarket up` keeps."""
     if args.token:
         return str(args.token)
-    path = Path(args.data_dir) / TOKEN_FILE
-    if path.exists():
-        tokens = json.loads(path.read_text())
-        return tokens.get("support") or tokens.get("viewer")
+    path = tokens_file(Path(args.data_dir))
+    if not path.exists():
+        return None
+    entries = read(path)[0]
+    for role in ("support", "viewer"):
+        for entry in entries:
+            name, _, token = entry.partition("=")
+            if name.split(":")[0] == role and not token.startswith("sha256:"):
+                return token
     return None
 
 

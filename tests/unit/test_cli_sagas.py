@@ -78,3 +78,12 @@ def test_bulk_shows_the_dry_run_asks_then_runs_in_batches_with_progress(url: str
     assert "[##########################..............] 2/3" in err and "] 3/3" in err
     assert all(engine.saga(i).status == "COMPLETED" for i in ids)
     assert "would touch 0 saga(s)" in sagas(url, "bulk", "retry", "--status", "FAILED", "--reason", "again")[1]
+
+
+def test_without_a_token_it_takes_the_support_token_up_keeps(tmp_path: Path, url: str, engine: Engine) -> None:
+    (tmp_path / "api-tokens").write_text(f"storefront=storefront-test-token\nsupport={TEST_TOKENS['support']}\n")
+    out, err = io.StringIO(), io.StringIO()
+    args = parser().parse_args(["sagas", "--url", url, "--data-dir", str(tmp_path), "counts"])
+    assert run(args, out, err) == 0, err.getvalue()
+    args = parser().parse_args(["sagas", "--url", url, "--data-dir", str(tmp_path / "none"), "counts"])
+    assert run(args, out, err) == 1 and "401" in err.getvalue()
