@@ -114,7 +114,7 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object, inline: b
         definition = rt.definitions[saga.kind]
         outcome = _outcome(definition.is_compensation(ctx.step), event)
         if not repo.close_step(conn, ctx.saga_id, ctx.step, attempt.number, outcome.value, now, _error(event, reply),
-                               _reference(reply), _certainty(event), _attempt_outcome(outcome, event)):
+                               _reference(reply), _certainty(event), _attempt_outcome(outcome, event).value):
             log.warning("saga %s step %s attempt %s lost its lease; outcome dropped", ctx.saga_id, ctx.step,
                         attempt.number)
             return [], None

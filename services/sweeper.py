@@ -61,7 +61,7 @@ def recover(rt: Runtime, saga_id: int, step: str) -> str:
         recoveries = (repo.saga_row(conn, saga_id).recoveries or 0) + 1
         error = f"lease expired: the worker running attempt {row.attempts} was lost"
         repo.close_step(conn, saga_id, step, row.attempts, StepStatus.FAILED.value, now, error, outcome_unknown=True,
-                        attempt_outcome=AttemptOutcome.LOST)
+                        attempt_outcome=AttemptOutcome.LOST.value)
         repo.update_saga(conn, saga_id, recoveries=recoveries)
         executor = Executor(conn, saga, now, rt)
         if recoveries > rt.settings.max_recoveries:
