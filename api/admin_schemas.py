@@ -45,10 +45,10 @@ class CountsSchema(Schema):
 
 
 class AttemptSchema(Schema):
-    number = fields.Integer()
+    attempt = fields.Integer(metadata={"description": "its number (a BLOCKED attempt gives it back)"})
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
-    outcome = fields.String()
+    outcome = fields.String(metadata={"enum": ["SUCCEEDED", "COMPENSATED", "FAILED", "BLOCKED", "LOST"]})
     error = fields.String(allow_none=True)
     task_id = fields.String(allow_none=True)
     provider_ref = fields.String(allow_none=True)
@@ -56,6 +56,7 @@ class AttemptSchema(Schema):
 
 
 class TimelineStepSchema(StepSchema):
+    local = fields.Boolean(metadata={"description": "calls no provider: its row is its one attempt"})
     outcome_unknown = fields.Boolean()
     waited_s = fields.Float()
     attempts_list = fields.List(fields.Nested(AttemptSchema), data_key="attempt_history")

@@ -204,7 +204,7 @@ def _timeline(view: dict[str, Any]) -> str:
         lines.append(f"  {step['name']:<16} {step['status']:<12} attempts {step['attempts']}/{step['max_attempts']}"
                      + (" outcome unknown" if step.get("outcome_unknown") else ""))
         for attempt in step.get("attempt_history", []):
-            lines.append(f"      #{attempt['number']} {attempt['outcome']:<10} {attempt.get('started_at') or ''} "
+            lines.append(f"      #{attempt['attempt']} {attempt['outcome']:<10} {attempt.get('started_at') or ''} "
                          f"{attempt.get('error') or ''}".rstrip())
     lines.append("  state changes: " + ", ".join(f"{c['status']} ({c['by']}, {c['at']})"
                                                 for c in view["state_changes"]))

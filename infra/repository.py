@@ -26,6 +26,7 @@ from infra.tables import (
     payments,
     saga_steps,
     sagas,
+    step_attempts,
 )
 from saga.definition import SagaDefinition
 from saga.orchestrator import SagaState, SagaStatus, StepState, StepStatus
@@ -376,6 +377,17 @@ def saga_step_rows(conn: Connection, saga_id: int) -> Sequence[Any]:
     ).all()
 
 
+def saga_attempts(conn: Connection, saga_id: int) -> Sequence[Any]:
+    """Every recorded attempt of the saga's provider steps with its step's position, in the order they started."""
+    return conn.execute(
+        sa.select(step_attempts, saga_steps.c.position)
+        .join(saga_steps, sa.and_(saga_steps.c.saga_id == step_attempts.c.saga_id,
+                                  saga_steps.c.name == step_attempts.c.step))
+        .where(step_attempts.c.saga_id == saga_id)
+        .order_by(step_attempts.c.started_at, saga_steps.c.position, step_attempts.c.attempt)
+    ).all()
+
+
 def sagas_of_order(conn: Connection, order_id: int) -> Sequence[Any]:
     return conn.execute(sa.select(sagas).where(sagas.c.order_id == order_id).order_by(sagas.c.id)).all()
 
@@ -409,7 +421,7 @@ def claim_step(conn: Connection, saga_id: int, name: str, now: datetime, lease_s
     return int(result[0]) if result else None
 
 
-_CLOSE_STEP = FastStatement(
+_CLOSE_STEP_UPDATE = (
     saga_steps.update()
     .where(_THIS_STEP, saga_steps.c.status == StepStatus.RUNNING.value,
            saga_steps.c.attempts == sa.bindparam("b_attempt"))
@@ -419,18 +431,43 @@ _CLOSE_STEP = FastStatement(
             outcome_unknown=sa.func.coalesce(sa.bindparam("b_unknown", type_=sa.Boolean),
                                              saga_steps.c.outcome_unknown))
 )
+# An attempt row: what the closed step row says of the attempt, then what is the attempt's own (its outcome, the
+# reference its answer carried, whether that answer may hide an effect), not the step's carried-over values.
+_CLOSED_COLUMNS = (saga_steps.c.saga_id, saga_steps.c.name, saga_steps.c.attempts, saga_steps.c.started_at,
+                   saga_steps.c.finished_at, saga_steps.c.error, saga_steps.c.task_id)
+_ATTEMPT_OWN_COLUMNS = (sa.bindparam("b_outcome", type_=sa.String), sa.bindparam("b_ref", type_=sa.String),
+                        sa.func.coalesce(sa.bindparam("b_unknown", type_=sa.Boolean), sa.false()))
+_ATTEMPT_COLUMNS = ("saga_id", "step", "attempt", "started_at", "finished_at", "error", "task_id",
+                    "outcome", "provider_ref", "outcome_unknown")
+_closed = _CLOSE_STEP_UPDATE.returning(*_CLOSED_COLUMNS).cte("closed")
+# WITH closed AS (UPDATE saga_steps ... RETURNING ...) INSERT INTO step_attempts SELECT ... FROM closed: one round
+# trip, and one row inserted exactly when the close matched (PostgreSQL; SQLite has no DML in a CTE).
+_CLOSE_STEP_AND_RECORD_ATTEMPT = FastStatement(
+    step_attempts.insert().from_select(list(_ATTEMPT_COLUMNS), sa.select(*_closed.c, *_ATTEMPT_OWN_COLUMNS))
+)
+_CLOSE_STEP = FastStatement(_CLOSE_STEP_UPDATE.returning(*_CLOSED_COLUMNS))
+_INSERT_ATTEMPT = step_attempts.insert()
 
 
 def close_step(conn: Connection, saga_id: int, name: str, attempt: int, status: str, finished_at: datetime,
-               error: str | None, provider_ref: str | None = None, outcome_unknown: bool | None = None) -> bool:
-    """Write the outcome of attempt `attempt` if the step is still RUNNING it (a lease may have been taken back).
+               error: str | None, provider_ref: str | None = None, outcome_unknown: bool | None = None,
+               attempt_outcome: str | None = None) -> bool:
+    """Write the outcome of attempt `attempt` if the step is still RUNNING it (a lease may have been taken back),
+    and keep the attempt in step_attempts, its outcome `attempt_outcome` (default: `status`).
 
-    provider_ref and outcome_unknown are left as they are when None."""
-    result = _CLOSE_STEP.run(conn, {
+    provider_ref and outcome_unknown are left as they are on the step when None."""
+    params = {
         "b_saga": saga_id, "b_name": name, "b_attempt": attempt, "b_status": status, "b_finished": finished_at,
-        "b_error": error, "b_ref": provider_ref, "b_unknown": outcome_unknown,
-    })
-    return result.rowcount == 1
+        "b_error": error, "b_ref": provider_ref, "b_unknown": outcome_unknown, "b_outcome": attempt_outcome or status,
+    }
+    if conn.dialect.name == "postgresql":
+        return _CLOSE_STEP_AND_RECORD_ATTEMPT.run(conn, params).rowcount == 1
+    closed = _CLOSE_STEP.run(conn, params).first()
+    if closed is None:
+        return False
+    own = (params["b_outcome"], provider_ref, bool(outcome_unknown))
+    conn.execute(_INSERT_ATTEMPT, dict(zip(_ATTEMPT_COLUMNS, (*closed, *own), strict=True)))
+    return True
 
 
 _FINISH_LOCAL_STEP = FastStatement(saga_steps.update().where(_THIS_STEP).values(

@@ -101,6 +101,25 @@ sa.Index("ix_saga_steps_due", saga_steps.c.status, saga_steps.c.available_at)
 sa.Index("ix_saga_steps_name_status", saga_steps.c.name, saga_steps.c.status)
 sa.Index("ix_saga_steps_name_finished", saga_steps.c.name, saga_steps.c.finished_at)
 
+# Every attempt of a provider step, written by the statement that closes it (a local step's row is its only
+# attempt). A BLOCKED attempt gives its number back, so the number comes again with a later started_at. The key
+# leads with saga_id: it is also the index that reads one saga's attempts. No foreign key: the row comes from the
+# step row's own UPDATE, and the check would cost the hot path a lookup.
+step_attempts = sa.Table(
+    "step_attempts",
+    metadata,
+    sa.Column("saga_id", sa.Integer, primary_key=True),
+    sa.Column("step", sa.String(32), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("started_at", Time, primary_key=True),
+    sa.Column("finished_at", Time, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("task_id", sa.String(64)),
+    sa.Column("provider_ref", sa.String(64)),
+    sa.Column("outcome_unknown", sa.Boolean, nullable=False),
+)
+
 payments = sa.Table(
     "payments",
     metadata,

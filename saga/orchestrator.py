@@ -39,6 +39,16 @@ class StepStatus(enum.StrEnum):
         return self in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING)
 
 
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt of a step ended, as the saga's timeline shows it."""
+
+    SUCCEEDED = "SUCCEEDED"
+    COMPENSATED = "COMPENSATED"
+    FAILED = "FAILED"
+    BLOCKED = "BLOCKED"  # its provider's breaker was open or its bulkhead full: no call, the number given back
+    LOST = "LOST"  # its lease expired and the sweeper took the step back
+
+
 @dataclass(frozen=True)
 class StepState:
     name: str

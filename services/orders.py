@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy.exc
+from sqlalchemy.engine import Connection
 
 from domain.errors import IdempotencyConflict, OrderNotFound, SagaNotFound, UnknownBook
 from domain.model import Book, Order, OrderStatus, check_quantity
@@ -128,10 +129,15 @@ class SagaView:
 
 def get_saga(rt: Runtime, saga_id: int) -> SagaView:
     with rt.db.reading() as conn:
-        saga = repo.saga_row(conn, saga_id)
-        if saga is None:
-            raise SagaNotFound(saga_id)
-        return SagaView(saga, list(repo.saga_step_rows(conn, saga_id)))
+        return saga_view(conn, saga_id)
+
+
+def saga_view(conn: Connection, saga_id: int) -> SagaView:
+    """The saga row and its step rows in order, read in the caller's transaction."""
+    saga = repo.saga_row(conn, saga_id)
+    if saga is None:
+        raise SagaNotFound(saga_id)
+    return SagaView(saga, list(repo.saga_step_rows(conn, saga_id)))
 
 
 def list_books(rt: Runtime) -> list[Book]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ from infra import repository as repo
 from infra.tables import audit_log, orders, saga_steps, sagas
 from saga.orchestrator import StepStatus
 from services.runtime import Runtime
+from services.timeline import saga_timeline
 
 MAX_PAGE_SIZE = 100
 
@@ -140,43 +141,37 @@ def timeline(rt: Runtime, saga_id: int) -> dict[str, Any]:
     """One saga for support: its steps with every attempt, its state changes, its audit log, what can be done."""
     from services.support import allowed_actions, state_label
 
+    kept = saga_timeline(rt, saga_id)
     with rt.db.reading() as conn:
         saga = repo.load_saga(conn, saga_id)
-        if saga is None:
-            raise SagaNotFound(saga_id)
-        row = conn.execute(sa.select(sagas, orders.c.customer_id).select_from(_FROM)
-                           .where(sagas.c.id == saga_id)).one()
-        steps = [dict(r._mapping) for r in repo.saga_step_rows(conn, saga_id)]
-        attempts = attempt_rows(conn, saga_id)
+        customer_id = conn.execute(sa.select(orders.c.customer_id).where(orders.c.id == kept.order_id)).scalar()
         audit = [dict(r._mapping) for r in conn.execute(
             sa.select(audit_log).where(audit_log.c.saga_id == saga_id).order_by(audit_log.c.id))]
+    if saga is None:
+        raise SagaNotFound(saga_id)
     definition = rt.definitions[saga.kind]
-    for step in steps:
-        step["attempts_list"] = attempts.get(step["name"]) or _attempts_from_row(step)
-    body = dict(row._mapping)
-    body.update(state=state_label(saga), steps=steps, audit=audit, actions=allowed_actions(definition, saga),
+    steps = []
+    for step in kept.steps:
+        entry = {k: v for k, v in asdict(step).items() if k != "history"}
+        entry["attempts_list"] = [asdict(a) for a in step.history]
+        steps.append(entry)
+    body = {k: v for k, v in asdict(kept).items() if k != "steps"}
+    body.update(customer_id=customer_id, recoveries=_recoveries(rt, saga_id), state=state_label(saga), steps=steps,
+                audit=audit, actions=allowed_actions(definition, saga),
                 state_changes=_state_changes(definition, body, steps, audit))
     return body
 
 
-def attempt_rows(conn: Connection, saga_id: int) -> dict[str, list[dict[str, Any]]]:
-    """Each step's kept attempts, oldest first (none kept: the step row stands for its latest)."""
-    return {}
-
-
-def _attempts_from_row(step: dict[str, Any]) -> list[dict[str, Any]]:
-    if not step["attempts"] or step["started_at"] is None:
-        return []
-    return [{"number": step["attempts"], "started_at": step["started_at"], "finished_at": step["finished_at"],
-             "outcome": step["status"], "error": step["error"], "task_id": step["task_id"],
-             "provider_ref": step["provider_ref"], "outcome_unknown": step["outcome_unknown"]}]
+def _recoveries(rt: Runtime, saga_id: int) -> int:
+    with rt.db.reading() as conn:
+        return int(conn.execute(sa.select(sagas.c.recoveries).where(sagas.c.id == saga_id)).scalar() or 0)
 
 
 def _state_changes(definition: Any, saga: dict[str, Any], steps: list[dict[str, Any]],
                    audit: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What the saga's own rows tell of its life, with the support actions that changed it, in time order."""
     changes = [{"at": saga["created_at"], "status": "RUNNING", "by": "saga"}]
-    begun = [s["created_at"] for s in steps if definition.is_compensation(s["name"]) and s["created_at"]]
+    begun = [s["started_at"] for s in steps if definition.is_compensation(s["name"]) and s["started_at"]]
     if begun:
         changes.append({"at": min(begun), "status": "COMPENSATING", "by": "saga"})
     if saga["finished_at"] is not None:

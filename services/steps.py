@@ -11,7 +11,15 @@ from infra import repository as repo
 from infra.breakers import ProviderBlocked
 from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, ProviderReply
 from saga.definition import SagaDefinition
-from saga.orchestrator import Event, SagaStatus, StepBlocked, StepFailed, StepStatus, StepSucceeded
+from saga.orchestrator import (
+    AttemptOutcome,
+    Event,
+    SagaStatus,
+    StepBlocked,
+    StepFailed,
+    StepStatus,
+    StepSucceeded,
+)
 from services.effects import StepContext, follow_context, step_context
 from services.executor import Dispatch, Executor, InlineClaim, jitter
 from services.runtime import Runtime
@@ -106,7 +114,7 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object, inline: b
         definition = rt.definitions[saga.kind]
         outcome = _outcome(definition.is_compensation(ctx.step), event)
         if not repo.close_step(conn, ctx.saga_id, ctx.step, attempt.number, outcome.value, now, _error(event, reply),
-                               _reference(reply), _certainty(event)):
+                               _reference(reply), _certainty(event), _attempt_outcome(outcome, event).value):
             log.warning("saga %s step %s attempt %s lost its lease; outcome dropped", ctx.saga_id, ctx.step,
                         attempt.number)
             return [], None
@@ -129,6 +137,11 @@ def _outcome(is_compensation: bool, event: Event) -> StepStatus:
     if isinstance(event, StepSucceeded):
         return StepStatus.COMPENSATED if is_compensation else StepStatus.SUCCEEDED
     return StepStatus.FAILED
+
+
+def _attempt_outcome(outcome: StepStatus, event: Event) -> AttemptOutcome:
+    """A blocked step made no call and gets its attempt back: its timeline says so."""
+    return AttemptOutcome.BLOCKED if isinstance(event, StepBlocked) else AttemptOutcome(outcome.value)
 
 
 def _certainty(event: Event) -> bool | None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from infra import repository as repo
-from saga.orchestrator import FinishSaga, SagaStatus, StepFailed, StepStatus
+from saga.orchestrator import AttemptOutcome, FinishSaga, SagaStatus, StepFailed, StepStatus
 from services.executor import Dispatch, Executor, jitter
 from services.runtime import Runtime
 from services.steps import publish
@@ -60,7 +60,8 @@ def recover(rt: Runtime, saga_id: int, step: str) -> str:
             return "gone"
         recoveries = (repo.saga_row(conn, saga_id).recoveries or 0) + 1
         error = f"lease expired: the worker running attempt {row.attempts} was lost"
-        repo.close_step(conn, saga_id, step, row.attempts, StepStatus.FAILED.value, now, error, outcome_unknown=True)
+        repo.close_step(conn, saga_id, step, row.attempts, StepStatus.FAILED.value, now, error, outcome_unknown=True,
+                        attempt_outcome=AttemptOutcome.LOST.value)
         repo.update_saga(conn, saga_id, recoveries=recoveries)
         executor = Executor(conn, saga, now, rt)
         if recoveries > rt.settings.max_recoveries:

@@ -15,6 +15,7 @@ from domain.model import Order, utcnow
 from infra import repository as repo
 from infra.db import Database, sqlite_url_for
 from infra.migrate import upgrade
+from infra.tables import step_attempts
 from saga.order_saga import ORDER_SAGA
 from tests.conftest import create_pg_database
 
@@ -71,6 +72,46 @@ def test_close_keeps_the_reference_and_the_uncertainty_unless_told(db: Database)
     with db.reading() as conn:
         row = next(r for r in repo.saga_step_rows(conn, saga.id) if r.name == "pay")
     assert (row.status, row.outcome_unknown, row.provider_ref, row.error) == ("FAILED", True, None, "answered 503")
+
+
+def test_a_close_keeps_its_attempt_once_and_a_repeated_or_wrong_close_keeps_nothing(db: Database) -> None:
+    saga = new_saga(db)
+    with db.transaction() as conn:
+        started = utcnow()
+        repo.claim_step(conn, saga.id, "pay", started, 30, "task-1")
+        assert not repo.close_step(conn, saga.id, "pay", 2, "SUCCEEDED", utcnow(), None, "ch_1")  # wrong attempt
+        assert repo.saga_attempts(conn, saga.id) == []
+        assert repo.close_step(conn, saga.id, "pay", 1, "SUCCEEDED", utcnow(), None, "ch_1", outcome_unknown=False)
+        assert not repo.close_step(conn, saga.id, "pay", 1, "FAILED", utcnow(), "late", outcome_unknown=True)
+        kept = repo.saga_attempts(conn, saga.id)
+    assert [(a.step, a.attempt, a.outcome, a.error, a.task_id, a.provider_ref, a.outcome_unknown, a.position)
+            for a in kept] == [("pay", 1, "SUCCEEDED", None, "task-1", "ch_1", False, 0)]
+    assert kept[0].started_at == started and kept[0].started_at.utcoffset() == timedelta(0)
+    with pytest.raises(sa.exc.IntegrityError):  # the key refuses the same attempt twice
+        with db.transaction() as conn:
+            conn.execute(step_attempts.insert(), {c: getattr(kept[0], c) for c in step_attempts.c.keys()})
+
+
+def test_an_attempt_keeps_its_own_reference_and_uncertainty_and_a_given_back_number_comes_again(
+        db: Database) -> None:
+    saga = new_saga(db)
+    with db.transaction() as conn:
+        repo.claim_step(conn, saga.id, "pay", utcnow(), 30, "task-1")
+        repo.close_step(conn, saga.id, "pay", 1, "FAILED", utcnow(), "circuit open", attempt_outcome="BLOCKED")
+        repo.update_step(conn, saga.id, "pay", status="WAITING", attempts=0, dispatched_at=utcnow())
+        assert repo.claim_step(conn, saga.id, "pay", utcnow(), 30, "task-2") == 1
+        repo.close_step(conn, saga.id, "pay", 1, "FAILED", utcnow(), "timeout", "ch_1", outcome_unknown=True)
+        repo.open_step(conn, saga.id, "pay", 0, 5, utcnow(), utcnow())
+        assert repo.claim_step(conn, saga.id, "pay", utcnow(), 30, "task-3") == 2
+        repo.close_step(conn, saga.id, "pay", 2, "FAILED", utcnow(), "answered 503")
+        kept = repo.saga_attempts(conn, saga.id)
+        step = next(r for r in repo.saga_step_rows(conn, saga.id) if r.name == "pay")
+    assert [(a.attempt, a.outcome, a.error, a.task_id, a.provider_ref, a.outcome_unknown) for a in kept] == [
+        (1, "BLOCKED", "circuit open", "task-1", None, False),
+        (1, "FAILED", "timeout", "task-2", "ch_1", True),
+        (2, "FAILED", "answered 503", "task-3", None, False),
+    ]
+    assert (step.provider_ref, step.outcome_unknown) == ("ch_1", True)  # the step carries them over
 
 
 def test_load_saga_and_the_claim_context_read_back_what_was_written(db: Database) -> None:

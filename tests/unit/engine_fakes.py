@@ -26,7 +26,7 @@ from saga.order_saga import ORDER_SAGA
 from services.cancellation import CancelOrder, cancel_order
 from services.orders import OrderView, PlaceOrder, place_order
 from services.runtime import Runtime
-from services.steps import run_step
+from services.steps import Attempt, claim, perform, run_step
 from services.sweeper import SweepReport, sweep
 from tests.unit.fakes import RecordingPublisher, make_runtime
 
@@ -305,6 +305,15 @@ class Engine:
         return [step for saga, step, _ in self.runs if saga == saga_id]
 
 
+def vanish_after_the_call(engine: Engine, saga_id: int, step: str) -> Attempt:
+    """A worker claims the step and makes the provider call, then dies before recording anything."""
+    engine.delivered = len(engine.publisher.sent)  # the broker's message is taken by the worker that dies
+    attempt = claim(engine.rt, saga_id, step, "doomed")
+    assert attempt is not None
+    perform(engine.rt, attempt.context, attempt.provider)
+    return attempt
+
+
 # --- what the customer hears ---------------------------------------------------------------------------------------
 BOOK = next(b for b in SEED_BOOKS if b.id == 1)  # what Engine.place orders by default, one copy
 
@@ -327,7 +336,7 @@ def make_engine(tmp_path: Path, **settings: Any) -> Engine:
 
 
 def engine_on(rt: Runtime, **settings: Any) -> Engine:
-    """An Engine on the runtime's database (migrated and seeded), with fakes for the rest."""
+    """An Engine on `rt`'s migrated database (SQLite or PostgreSQL), with fakes for the rest."""
     clock = FakeClock()
     providers = FakeProviders()
     breakers = FakeBreakers(clock)

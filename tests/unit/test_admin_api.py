@@ -50,7 +50,11 @@ def test_find_a_parked_saga_retry_it_and_read_the_trail(client: FlaskClient, eng
     assert ok(client.get("/admin/sagas/counts"))["by_status"] == {"FAILED": 1, "COMPLETED": 1}
     timeline = ok(client.get(f"/admin/sagas/{saga_id}"))
     assert timeline["state"] == "FAILED:pay" and "retry" in timeline["actions"]
-    assert timeline["steps"][0]["attempt_history"][-1]["outcome_unknown"] is True
+    history = timeline["steps"][0]["attempt_history"]
+    assert [(a["attempt"], a["outcome"], a["outcome_unknown"]) for a in history] == [
+        (n, "FAILED", True) for n in range(1, PAY_TRIES + 1)]
+    assert all(a["task_id"] and "did not answer" in a["error"] for a in history)
+    assert timeline["steps"][1]["local"] is True and timeline["steps"][1]["attempt_history"] == []
 
     done = ok(client.post(f"/admin/sagas/{saga_id}/retry", json={"reason": "provider confirmed"}))
     engine.settle()

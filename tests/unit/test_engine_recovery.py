@@ -11,9 +11,9 @@ from domain.model import OrderStatus
 from infra.bulkheads import Bulkheads
 from saga.order_saga import ORDER_SAGA
 from services.runtime import configured_definitions
-from services.steps import Attempt, claim, perform, record
+from services.steps import perform, record
 from services.sweeper import recover
-from tests.unit.engine_fakes import Engine, assert_ended, engine_fixture
+from tests.unit.engine_fakes import Engine, assert_ended, engine_fixture, vanish_after_the_call
 
 OPEN = ("PENDING", "RUNNING", "WAITING")
 
@@ -21,15 +21,6 @@ OPEN = ("PENDING", "RUNNING", "WAITING")
 @pytest.fixture
 def engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
     yield from engine_fixture(tmp_path, request)
-
-
-def vanish_after_the_call(engine: Engine, saga_id: int, step: str) -> Attempt:
-    """A worker claims the step and makes the provider call, then dies before recording anything."""
-    engine.delivered = len(engine.publisher.sent)  # the broker's message is taken by the worker that dies
-    attempt = claim(engine.rt, saga_id, step, "doomed")
-    assert attempt is not None
-    perform(engine.rt, attempt.context, attempt.provider)
-    return attempt
 
 
 def open_steps(engine: Engine, saga_id: int) -> list[str]:

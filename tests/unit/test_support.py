@@ -30,6 +30,7 @@ def engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
 
 def act(engine: Engine, saga_id: int, action: str, reason: str = "checked with the provider",
         step: str | None = None, actor: Actor = ALICE) -> object:
+    engine.clock.advance(60)  # a person acts a while after the saga stopped
     return perform(engine.rt, SupportAction(saga_id, Action(action), reason, actor, step=step))
 
 
