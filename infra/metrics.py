@@ -13,8 +13,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server, values
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import REGISTRY, Collector
+from prometheus_client.samples import Sample
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client itself, not a setting of ours
 # Sagas last from a fraction of a second to hours (retries with backoff, waiting on a provider).
@@ -78,10 +80,12 @@ def scrape_registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
     alone without one) and the `extra` collectors."""
     registry = CollectorRegistry(auto_describe=False)
     folder = multiprocess_dir()
+    sources: list[Collector] = []
     if folder is not None and os.path.isdir(folder):
-        MultiProcessCollector(registry, path=folder)
+        sources.append(MultiProcessCollector(None, path=folder))
     if folder is None or not _writes_files():  # this process's metrics are in memory, not in the folder
-        registry.register(_ProcessMetrics())
+        sources.append(_ProcessMetrics())
+    registry.register(_Merged(sources))
     for collector in extra:
         registry.register(collector)
     return registry
@@ -105,8 +109,31 @@ def serve(port: int) -> None:
         start_http_server(port, registry=scrape_registry())
 
 
+class _Merged(Collector):
+    """Families of the same name from several sources as one (a name twice makes the page invalid), the samples
+    with the same labels summed: the folder's processes and this one, when it keeps its own in memory."""
+
+    def __init__(self, sources: list[Collector]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        totals: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+        for source in self.sources:
+            for family in source.collect():
+                families.setdefault(family.name, family)
+                samples = totals.setdefault(family.name, {})
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    known = samples.get(key)
+                    samples[key] = sample if known is None else known._replace(value=known.value + sample.value)
+        for name, family in families.items():
+            family.samples = list(totals[name].values())
+            yield family
+
+
 class _ProcessMetrics(Collector):
     """The default registry of this process (its own counters, in memory)."""
 
-    def collect(self) -> Iterator[object]:  # type: ignore[override]
+    def collect(self) -> Iterator[Metric]:
         yield from REGISTRY.collect()

@@ -3,9 +3,13 @@ services on SQLite, driven by the engine fakes), the event counters they moved, 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import fakeredis
 import pytest
@@ -14,17 +18,20 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import gunicorn_conf
 from api.app import create_app
+from cli.main import gunicorn_api, metrics_folder
 from domain.errors import Overloaded
 from infra.breakers import BreakerPolicy, Breakers
 from infra.bulkheads import Bulkheads
 from infra.db import Database
+from infra.metrics import MULTIPROC_DIR, forget_process
 from infra.providers import ProviderError
 from saga.order_saga import DEFINITIONS, ORDER_SAGA
 from services.admission import Admission
 from services.runtime import Runtime
 from services.steps import claim
-from tests.support import api_client, bearer, free_port
+from tests.support import ROOT, api_client, bearer, free_port
 from tests.unit.engine_fakes import Engine, engine_fixture, vanish_after_the_call
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -252,3 +259,58 @@ def test_every_saga_kind_has_its_gauge_sample_even_at_zero(engine: Engine) -> No
     samples = scrape(open_client(engine.rt))
     for kind in DEFINITIONS:
         assert ("bookmarket_sagas_active", frozenset({("kind", kind)})) in samples
+
+
+def write_metrics_in_another_process(folder: Path) -> int:
+    """A process in multiprocess mode (as an API or worker process is) that counts a step attempt and leaves a call
+    in flight when it exits; its pid."""
+    code = ("import os; from infra import metrics; metrics.step_attempted('pay', 'SUCCEEDED', 0.2); "
+            "metrics.CALLS_IN_FLIGHT.labels('payment').inc(); print(os.getpid())")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, MULTIPROC_DIR: str(folder)},
+                          capture_output=True, text=True, check=True, cwd=ROOT)
+    return int(done.stdout)
+
+
+def test_the_page_sums_the_processes_sharing_the_folder_and_forgets_a_dead_ones_calls_in_flight(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime.breakers = shared_breakers(fakeredis.FakeRedis())
+    client = open_client(runtime)
+    mine = value(scrape(client), "bookmarket_step_attempts_total", step="pay", outcome="SUCCEEDED")
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    pid = write_metrics_in_another_process(folder)
+    monkeypatch.setenv(MULTIPROC_DIR, str(folder))
+
+    samples = scrape(client)
+    assert value(samples, "bookmarket_step_attempts_total", step="pay", outcome="SUCCEEDED") == mine + 1
+    assert value(samples, "bookmarket_step_duration_seconds_count", step="pay", outcome="SUCCEEDED") >= 1
+    assert value(samples, "bookmarket_provider_calls_in_flight", provider="payment") == 1
+
+    forget_process(pid)
+    assert value(scrape(client), "bookmarket_provider_calls_in_flight", provider="payment") == 0
+
+
+def test_bookmarket_up_empties_its_metrics_folder_at_start(tmp_path: Path) -> None:
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "counter_123.db").write_bytes(b"old")
+
+    assert metrics_folder(folder) == str(folder)
+    assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_the_apis_gunicorn_forgets_the_calls_in_flight_of_a_process_that_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    argv = gunicorn_api("127.0.0.1", 1)
+    assert argv[argv.index("--config") + 1] == "python:api.gunicorn_conf"
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    pid = write_metrics_in_another_process(folder)
+    monkeypatch.setenv(MULTIPROC_DIR, str(folder))
+
+    gunicorn_conf.child_exit(None, SimpleNamespace(pid=pid))
+
+    assert not (folder / f"gauge_livesum_{pid}.db").exists()
+    assert (folder / f"counter_{pid}.db").exists()  # what it counted still counts
