@@ -12,12 +12,22 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    start_http_server,
+    values,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import REGISTRY, Collector
 from prometheus_client.samples import Sample
 
+disable_created_metrics()  # no `_created` series: the multiprocess mode has none, so the page is the same either way
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client itself, not a setting of ours
 # Sagas last from a fraction of a second to hours (retries with backoff, waiting on a provider).
 SAGA_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, float("inf"))

@@ -2,8 +2,10 @@
 services on SQLite, driven by the engine fakes), the event counters they moved, and access by METRICS_ROLE."""
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -314,3 +316,17 @@ def test_the_apis_gunicorn_forgets_the_calls_in_flight_of_a_process_that_exits(
 
     assert not (folder / f"gauge_livesum_{pid}.db").exists()
     assert (folder / f"counter_{pid}.db").exists()  # what it counted still counts
+
+
+def test_the_dashboard_and_the_readme_name_exactly_the_metrics_the_page_has(engine: Engine) -> None:
+    engine.rt.breakers = shared_breakers(fakeredis.FakeRedis())
+    page = open_client(engine.rt).get("/metrics").get_data(as_text=True)
+    ours = {f.name for f in text_string_to_metric_families(page) if f.name.startswith("bookmarket_")}
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "bookmarket.json").read_text())
+    expressions = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    charted = {re.sub(r"_(bucket|total|count|sum)$", "", n) for n in re.findall(r"bookmarket_\w+", expressions)}
+    readme = (ROOT / "README.md").read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = {re.sub(r"_(total)$", "", n) for n in re.findall(r"`(bookmarket_\w+)`", readme)}
+
+    assert charted == ours
+    assert documented == ours
