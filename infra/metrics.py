@@ -8,6 +8,7 @@ parked now, breaker states, queue depth) is computed at scrape time by a collect
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import REGISTRY, Collector
 from prometheus_client.samples import Sample
 
+log = logging.getLogger(__name__)
 disable_created_metrics()  # no `_created` series: the multiprocess mode has none, so the page is the same either way
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client itself, not a setting of ours
 # Sagas last from a fraction of a second to hours (retries with backoff, waiting on a provider).
@@ -114,9 +116,14 @@ def forget_process(pid: int, folder: str | None = None) -> None:
 
 
 def serve(port: int) -> None:
-    """WORKER_METRICS_PORT: serve this process's metrics (or its folder's) on their own HTTP port; 0: do not."""
-    if port > 0:
+    """WORKER_METRICS_PORT: serve this process's metrics (or its folder's) on their own HTTP port; 0: do not. A port
+    taken (two workers of one host given the same) costs the metrics, not the worker."""
+    if port <= 0:
+        return
+    try:
         start_http_server(port, registry=scrape_registry())
+    except OSError as exc:
+        log.error("WORKER_METRICS_PORT %d: cannot serve metrics there (%s); the worker runs without", port, exc)
 
 
 class _Merged(Collector):

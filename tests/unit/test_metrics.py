@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import fakeredis
 import pytest
 import redis
+import requests
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,6 +29,7 @@ from infra.breakers import BreakerPolicy, Breakers
 from infra.bulkheads import Bulkheads
 from infra.db import Database
 from infra.metrics import MULTIPROC_DIR, forget_process
+from infra.metrics import serve as metrics_serve
 from infra.providers import ProviderError
 from saga.order_saga import DEFINITIONS, ORDER_SAGA
 from services.admission import Admission
@@ -330,3 +332,16 @@ def test_the_dashboard_and_the_readme_name_exactly_the_metrics_the_page_has(engi
 
     assert charted == ours
     assert documented == ours
+
+
+def test_a_worker_serves_its_metrics_on_its_port_and_runs_on_when_the_port_is_taken(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()
+    metrics_serve(port)
+    page = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert "# TYPE bookmarket_step_attempts_total counter" in page
+
+    metrics_serve(port)  # taken now
+    assert f"WORKER_METRICS_PORT {port}" in caplog.text
+    metrics_serve(0)  # off: nothing to do
