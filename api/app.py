@@ -6,6 +6,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from api.admin import admin
 from api.auth import NO_TOKENS, NoTokens, protect
+from api.metrics import metrics_blueprint
 from api.problems import ProblemApi, register_problem_handlers
 from api.views import blp
 from infra.config import Settings
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     api = ProblemApi(app)
     api.register_blueprint(blp)
     api.register_blueprint(admin)
+    api.register_blueprint(metrics_blueprint(settings.metrics_role))
     register_problem_handlers(app)
     protect(app, api, settings.api_tokens)
     return app

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,6 +18,7 @@ from cli.supervisor import Supervisor
 from cli.tokens import load_or_make, read, tokens_file
 from infra.config import Settings
 from infra.db import sqlite_url_for
+from infra.metrics import MULTIPROC_DIR
 from infra.migrate import upgrade
 from infra.tokens import Tokens
 
@@ -73,7 +76,9 @@ def gunicorn(bind: str, port: int, app: str, workers: int, threads: int, gracefu
 
 
 def gunicorn_api(bind: str, port: int, workers: int = 2, threads: int = 16) -> list[str]:
-    return gunicorn(bind, port, "api.wsgi:app", workers, threads, 10, "--timeout", "60", "--access-logfile", "-")
+    """The API under gunicorn, whose settings file forgets the metrics of an API process that exits."""
+    return gunicorn(bind, port, "api.wsgi:app", workers, threads, 10, "--timeout", "60", "--access-logfile", "-",
+                    "--config", "python:api.gunicorn_conf")
 
 
 def gunicorn_sandbox(bind: str, port: int, graceful_s: float = 2) -> list[str]:
@@ -121,6 +126,7 @@ def up(args: argparse.Namespace) -> int:
     sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
     env.setdefault("SANDBOX_URL", sandbox_url)
     env.setdefault("SANDBOX_DATA_DIR", str(data))  # the sandbox remembers its charges and shipments across restarts
+    env[MULTIPROC_DIR] = metrics_folder(data / "metrics")
     try:
         tokens = _tokens_for_up(data, env)
     except ValueError as exc:  # a token file edited wrong
@@ -145,6 +151,14 @@ def up(args: argparse.Namespace) -> int:
             redis.shutdown()
     print("bookmarket: stopped", flush=True)
     return code
+
+
+def metrics_folder(path: Path) -> str:
+    """An empty folder for the metrics of the processes `up` starts (prometheus_client's multiprocess mode): the
+    API's /metrics sums the counters of its gunicorn processes and of the workers; emptied at every start."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return str(path)
 
 
 def _listening_ports(args: argparse.Namespace, run_sandbox: bool) -> list[tuple[int, str]]:
@@ -230,6 +244,8 @@ def _api(args: argparse.Namespace) -> int:
               "there", file=sys.stderr, flush=True)
         return 2
     os.environ["BOOKMARKET_TOKENS"] = tokens
+    if not os.environ.get(MULTIPROC_DIR):  # the API's gunicorn processes share their metrics through a folder
+        os.environ[MULTIPROC_DIR] = tempfile.mkdtemp(prefix="bookmarket-metrics-")
     return _exec(gunicorn_api(args.bind, args.port))
 
 

@@ -11,6 +11,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from infra.metrics import MULTIPROC_DIR, forget_process
+
 RESTART_WINDOW_S = 60.0  # a child that dies more than MAX_RESTARTS times within this window stops the stack
 MAX_RESTARTS = 5
 
@@ -65,6 +67,7 @@ class Supervisor:
                 raise RuntimeError(f"{child.name} exited with code {code}{often}")
             print(f"bookmarket: {child.name} exited with code {code}; starting it again", file=sys.stderr, flush=True)
             _signal_group(child.proc, signal.SIGKILL)  # whatever it left behind in its group
+            forget_process(child.proc.pid, self.env.get(MULTIPROC_DIR))  # its calls in flight are no more
             child.proc = self._spawn(child.argv)
 
     def run_until_signal(self) -> int:

@@ -157,6 +157,15 @@ class Breakers:
             return BreakerState(pybreaker.STATE_CLOSED, 0.0)
         return BreakerState(name, self._retry_after(*pair) if name == pybreaker.STATE_OPEN else 0.0)
 
+    def shared_states(self) -> dict[str, str]:
+        """Each provider's breaker state as Redis holds it, in one MGET; unlike `state`, a Redis error is raised
+        (a metrics scrape says it could not read the state rather than report closed)."""
+        providers = sorted(self.policies)
+        base = pybreaker.CircuitRedisStorage.BASE_NAMESPACE
+        raw = self.client.mget([f"{self.namespace}:{p}:{base}:state" for p in providers])
+        return {p: (v.decode() if isinstance(v, bytes) else v) or pybreaker.STATE_CLOSED
+                for p, v in zip(providers, raw, strict=True)}
+
     def _breaker(self, provider: str) -> tuple[pybreaker.CircuitBreaker, pybreaker.CircuitRedisStorage] | None:
         if provider not in self._breakers:
             policy = self.policies.get(provider, BreakerPolicy())

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from infra.breakers import ProviderBlocked
+from infra.metrics import call_in_flight
 
 
 class BulkheadFull(ProviderBlocked):
@@ -39,12 +40,14 @@ class Bulkheads:
         slots and the waiting places taken gives up at once."""
         slots = self._slots.get(provider)
         if slots is None:
-            yield
+            with call_in_flight(provider):
+                yield
             return
         if not slots.acquire(blocking=False) and not self._wait_for(slots):
             raise BulkheadFull(provider, self.retry_after_s)
         try:
-            yield
+            with call_in_flight(provider):
+                yield
         finally:
             slots.release()
 

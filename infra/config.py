@@ -52,6 +52,9 @@ class Settings:
     worker_nice: int
     sweep_in_worker: bool
     task_events: bool
+    metrics_role: str
+    stuck_after_s: float
+    worker_metrics_port: int
     chaos_duplicate_dispatch: bool
     chaos_poison_steps: dict[str, str]
     api_tokens: Tokens
@@ -96,6 +99,9 @@ class Settings:
             worker_nice=int(_env("WORKER_NICE", "0")),
             sweep_in_worker=_env("SWEEP_IN_WORKER", "1") in ("1", "true", "yes"),
             task_events=_env("TASK_EVENTS", "0") in ("1", "true", "yes"),
+            metrics_role=_env("METRICS_ROLE", ""),
+            stuck_after_s=float(_env("STUCK_AFTER_S", "60")),
+            worker_metrics_port=int(_env("WORKER_METRICS_PORT", "0")),
             chaos_duplicate_dispatch=_env("CHAOS_DUPLICATE_DISPATCH", "0") in ("1", "true", "yes"),
             chaos_poison_steps=_poison(_env("CHAOS_POISON_STEPS", "")),
             api_tokens=parse_tokens(_env("BOOKMARKET_TOKENS", ""), "BOOKMARKET_TOKENS"),

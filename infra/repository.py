@@ -270,6 +270,7 @@ class SagaRecord:
     cancel_requested: bool
     reason: str | None
     steps: dict[str, StepRow]
+    created_at: datetime | None = None  # for the saga's duration when it ends
 
     def state(self) -> SagaState:
         return SagaState(status=self.status, cancel_requested=self.cancel_requested,
@@ -294,7 +295,7 @@ def create_saga(conn: Connection, definition: SagaDefinition, order_id: int, now
                                        for row in steps])
     return SagaRecord(id=saga_id, kind=definition.kind, order_id=order_id, status=SagaStatus.RUNNING,
                       cancel_requested=False, reason=reason,
-                      steps={row["name"]: _new_step(row) for row in steps})
+                      steps={row["name"]: _new_step(row) for row in steps}, created_at=now)
 
 
 _INSERT_SAGA = sagas.insert().returning(sagas.c.id)
@@ -322,7 +323,7 @@ def _new_step(row: dict[str, Any]) -> StepRow:
 
 _SAGA_COLUMNS = (sagas.c.kind.label("saga_kind"), sagas.c.order_id.label("saga_order_id"),
                  sagas.c.status.label("saga_status"), sagas.c.cancel_requested.label("saga_cancel_requested"),
-                 sagas.c.reason.label("saga_reason"))
+                 sagas.c.reason.label("saga_reason"), sagas.c.created_at.label("saga_created_at"))
 
 
 # What the orchestrator and the executor read of each step (not its timestamps, errors or references).
@@ -361,7 +362,7 @@ def load_saga(conn: Connection, saga_id: int, lock: bool = False) -> SagaRecord 
     return SagaRecord(
         id=saga_id, kind=first.saga_kind, order_id=first.saga_order_id, status=SagaStatus(first.saga_status),
         cancel_requested=first.saga_cancel_requested, reason=first.saga_reason,
-        steps={s.name: _step_from_row(s) for s in rows if s.name is not None},
+        steps={s.name: _step_from_row(s) for s in rows if s.name is not None}, created_at=first.saga_created_at,
     )
 
 
@@ -595,3 +596,34 @@ def expired_leases(conn: Connection, now: datetime, limit: int) -> list[tuple[in
         .limit(limit)
     ).all()
     return [(r.saga_id, r.name) for r in rows]
+
+
+def count_sagas_by_status(conn: Connection, statuses: Sequence[str]) -> list[tuple[str, str, int]]:
+    """(kind, status, how many) of the sagas in `statuses`, read from the (status, kind) index alone."""
+    rows = conn.execute(
+        sa.select(sagas.c.kind, sagas.c.status, sa.func.count())
+        .where(sagas.c.status.in_(statuses)).group_by(sagas.c.status, sagas.c.kind)
+    ).all()
+    return [(r[0], r[1], int(r[2])) for r in rows]
+
+
+def count_waiting_sagas(conn: Connection, limit: int) -> int:
+    """Sagas with a step WAITING for its provider (a breaker open, a bulkhead full, a backoff), up to limit."""
+    waiting = (sa.select(saga_steps.c.saga_id).where(saga_steps.c.status == StepStatus.WAITING.value)
+               .distinct().limit(limit).subquery())
+    return int(conn.execute(sa.select(sa.func.count()).select_from(waiting)).scalar_one())
+
+
+def count_stuck_steps(conn: Connection, now: datetime, due_before: datetime, limit: int) -> dict[str, int]:
+    """Steps RUNNING past their lease, and steps due before `due_before` that no worker has started, up to limit
+    each (both read through the (status, available_at) index)."""
+    def bounded(query: sa.Select[Any]) -> int:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(query.limit(limit).subquery())).scalar_one())
+
+    steps = sa.select(saga_steps.c.saga_id)
+    return {
+        "lease_expired": bounded(steps.where(saga_steps.c.status == StepStatus.RUNNING.value,
+                                             saga_steps.c.lease_until < now)),
+        "not_started": bounded(steps.where(saga_steps.c.status.in_(OPEN_FOR_CLAIM),
+                                           saga_steps.c.available_at < due_before)),
+    }

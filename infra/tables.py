@@ -74,6 +74,9 @@ sagas = sa.Table(
     sa.Column("finished_at", Time),
 )
 
+# Scrape-time counts of the sagas not ended (active, parked) read this index alone, never the ended ones.
+sa.Index("ix_sagas_status_kind", sagas.c.status, sagas.c.kind)
+
 saga_steps = sa.Table(
     "saga_steps",
     metadata,

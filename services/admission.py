@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from domain.errors import Overloaded
+from infra import metrics
 from infra import repository as repo
 from saga.order_saga import ORDER_SAGA, PAYMENT
 from services.runtime import Runtime
@@ -38,6 +39,7 @@ class Verdict:
     admitted: bool
     retry_after_s: float = 0.0
     reason: str = ""
+    code: str = ""  # the reason's label in bookmarket_admission_refusals_total
 
 
 class Admission:
@@ -54,8 +56,10 @@ class Admission:
         than this process answers them within its target."""
         verdict = self._current(rt)
         if not verdict.admitted:
+            metrics.admission_refused(verdict.code)
             raise Overloaded(verdict.reason, verdict.retry_after_s)
         if self.pace is not None and not self.pace.take():
+            metrics.admission_refused("pace")
             raise Overloaded("orders are coming in faster than they can be answered quickly",
                              rt.settings.admission_retry_after_s)
 
@@ -80,7 +84,7 @@ def judge(rt: Runtime) -> Verdict:
     if rt.breakers is not None:
         state = rt.breakers.state(PAYMENT)
         if state.name == "open":
-            return Verdict(False, state.retry_after_s, "payment is unavailable right now")
+            return Verdict(False, state.retry_after_s, "payment is unavailable right now", "breaker_open")
     settings = rt.settings
     with rt.db.reading() as conn:
         finished = repo.count_finished_steps(conn, PAYMENT_STEP, rt.clock() - timedelta(seconds=RATE_WINDOW_S))
@@ -90,7 +94,7 @@ def judge(rt: Runtime) -> Verdict:
     if waiting > limit:
         return Verdict(False, settings.admission_retry_after_s,
                        f"over {limit} orders are waiting for payment (about {settings.admission_max_wait_s:g}s of "
-                       f"work at {finished / RATE_WINDOW_S:.0f} payments/s)")
+                       f"work at {finished / RATE_WINDOW_S:.0f} payments/s)", "backlog")
     return Verdict(True)
 
 

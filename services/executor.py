@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 
 from domain.errors import DomainError
 from domain.model import Order, OrderStatus
+from infra import metrics
 from infra import repository as repo
 from infra.repository import SagaRecord
 from saga.definition import SagaDefinition
@@ -164,6 +165,8 @@ class Executor:
             repo.save_order_status(self.conn, self._order())
         self._settle_order(command.status, reason)
         self.state = replace(self.state, status=command.status)
+        took = (self.now - self.saga.created_at).total_seconds() if self.saga.created_at else None
+        metrics.saga_finished(self.saga.kind, command.status.value, took)
 
     def _settle_order(self, saga_status: SagaStatus, reason: str | None) -> None:
         """Give the order the status the saga's ending leaves it in, if any."""
@@ -198,6 +201,7 @@ def start_saga(conn: Connection, rt: Runtime, definition: SagaDefinition, order_
 
     The usual first decision, "run provider step X now", is written with the rows themselves (one statement
     fewer per order); any other goes through the executor."""
+    metrics.saga_started(definition.kind)
     commands = decide(definition, SagaState(SagaStatus.RUNNING, {}), Started())
     first = commands[0] if len(commands) == 1 and isinstance(commands[0], RunStep) else None
     if first is not None and first.delay_s <= 0 and not definition.step(first.step).is_local:

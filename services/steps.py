@@ -4,9 +4,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.engine import Connection
 
+from infra import metrics
 from infra import repository as repo
 from infra.breakers import ProviderBlocked
 from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, ProviderReply
@@ -32,6 +34,7 @@ class Attempt:
     context: StepContext
     number: int
     provider: str
+    claimed_at: datetime  # when the attempt began, for its duration
 
 
 def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -> str:
@@ -64,13 +67,14 @@ def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt 
         definition = rt.definitions[found.kind]
         if found.status != _phase(definition, step):
             return None
-        number = repo.claim_step(conn, saga_id, step, rt.clock(), rt.settings.step_lease_s, task_id)
+        now = rt.clock()
+        number = repo.claim_step(conn, saga_id, step, now, rt.settings.step_lease_s, task_id)
         if number is None:
             return None
         provider = definition.step(step).provider
         assert provider is not None, f"{step} calls no provider"
         context = step_context(definition, rt.steps, saga_id, step, found.context, found.cancel_requested)
-        return Attempt(context, number, provider)
+        return Attempt(context, number, provider, now)
 
 
 def _phase(definition: SagaDefinition, step: str) -> str:
@@ -113,11 +117,13 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object, inline: b
         assert saga is not None
         definition = rt.definitions[saga.kind]
         outcome = _outcome(definition.is_compensation(ctx.step), event)
+        attempt_outcome = _attempt_outcome(outcome, event).value
         if not repo.close_step(conn, ctx.saga_id, ctx.step, attempt.number, outcome.value, now, _error(event, reply),
-                               _reference(reply), _certainty(event), _attempt_outcome(outcome, event).value):
+                               _reference(reply), _certainty(event), attempt_outcome):
             log.warning("saga %s step %s attempt %s lost its lease; outcome dropped", ctx.saga_id, ctx.step,
                         attempt.number)
             return [], None
+        metrics.step_attempted(ctx.step, attempt_outcome, (now - attempt.claimed_at).total_seconds())
         claim = InlineClaim(task_id, rt.settings.step_lease_s) if inline else None
         executor = Executor(conn, saga, now, rt, order=ctx.order, inline=claim)
         dispatches = executor.handle(event, outcome)
@@ -130,7 +136,7 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object, inline: b
         succeeded = reply if isinstance(event, StepSucceeded) and isinstance(reply, ProviderReply) else None
         following = follow_context(definition, rt.steps, ctx, name, executor.order or ctx.order,
                                    executor.state.cancel_requested, succeeded)
-        return dispatches, Attempt(following, number, provider)
+        return dispatches, Attempt(following, number, provider, now)
 
 
 def _outcome(is_compensation: bool, event: Event) -> StepStatus:

@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from infra import metrics
 from infra import repository as repo
 from saga.orchestrator import AttemptOutcome, FinishSaga, SagaStatus, StepFailed, StepStatus
 from services.executor import Dispatch, Executor, jitter
@@ -63,6 +64,7 @@ def recover(rt: Runtime, saga_id: int, step: str) -> str:
         repo.close_step(conn, saga_id, step, row.attempts, StepStatus.FAILED.value, now, error, outcome_unknown=True,
                         attempt_outcome=AttemptOutcome.LOST.value)
         repo.update_saga(conn, saga_id, recoveries=recoveries)
+        metrics.step_attempted(step, AttemptOutcome.LOST.value)
         executor = Executor(conn, saga, now, rt)
         if recoveries > rt.settings.max_recoveries:
             reason = f"parked after {recoveries} recoveries: {error} (step {step})"

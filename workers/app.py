@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
+from infra import metrics
 from infra.broker import make_celery, task_name
 from infra.config import Settings
 from infra.providers import ProviderReply
@@ -108,6 +109,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app = make_celery(settings)
     holder = _Holder(settings, app)
     worker_init.connect(lambda **_: lower_priority(settings.worker_nice), weak=False)
+    worker_init.connect(lambda **_: metrics.serve(settings.worker_metrics_port), weak=False)
     worker_process_init.connect(holder.reset, weak=False)
     worker_shutting_down.connect(holder.drain, weak=False)
     for step in provider_steps(definitions.values()):

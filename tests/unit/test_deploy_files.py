@@ -644,3 +644,28 @@ def test_an_existing_secret_needs_no_api_tokens_value(chart: helm_python.Chart) 
 def test_malformed_api_tokens_are_rejected_by_the_values_schema(chart: helm_python.Chart, tokens: str) -> None:
     with pytest.raises(helm_python.HelmValuesError, match="apiTokens"):
         render(chart, {"secrets": {"apiTokens": tokens}})
+
+
+def test_metrics_are_open_and_worker_metrics_off_by_default_in_compose_and_the_chart(chart: helm_python.Chart) -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.metrics_role, defaults.stuck_after_s, defaults.worker_metrics_port) == ("", 60, 0)
+    for env in (shared_env(), settings_env(render(chart))):
+        settings = Settings.from_env(env)
+        assert (settings.metrics_role, settings.stuck_after_s, settings.worker_metrics_port) == ("", 60, 0)
+    worker = pod_spec(one(render(chart), "Deployment", "worker"))["containers"][0]
+    assert "ports" not in worker
+
+
+def test_a_worker_metrics_port_opens_a_named_port_on_the_worker_pods(chart: helm_python.Chart) -> None:
+    docs = render(chart, {"config": {"workerMetricsPort": 9100, "metricsRole": "viewer", "stuckAfterS": 120}})
+    worker = pod_spec(one(docs, "Deployment", "worker"))["containers"][0]
+    assert worker["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+    settings = Settings.from_env(settings_env(docs))
+    assert (settings.metrics_role, settings.stuck_after_s, settings.worker_metrics_port) == ("viewer", 120, 9100)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def test_the_values_schema_rejects_a_metrics_role_that_is_not_a_role(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmValuesError, match="metricsRole"):
+        render(chart, {"config": {"metricsRole": "admin"}})

@@ -36,7 +36,7 @@ def engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
 def test_new_orders_are_turned_away_while_the_payment_breaker_is_open(engine: Engine) -> None:
     engine.breakers.open("payment", retry_after_s=7)
 
-    assert judge(engine.rt) == Verdict(False, 7, "payment is unavailable right now")
+    assert judge(engine.rt) == Verdict(False, 7, "payment is unavailable right now", "breaker_open")
     with pytest.raises(Overloaded) as raised:
         Admission().check(engine.rt)
     assert raised.value.retry_after_s == 7

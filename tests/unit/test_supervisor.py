@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from cli.supervisor import MAX_RESTARTS, Supervisor
+from infra.metrics import MULTIPROC_DIR
 
 DIES = [sys.executable, "-c", "raise SystemExit(3)"]
 LIVES = [sys.executable, "-c", "import time; time.sleep(30)"]
@@ -79,5 +81,24 @@ def test_any_other_child_that_dies_stops_the_stack() -> None:
         dead(supervisor, "api")
         with pytest.raises(RuntimeError, match="api exited with code 3$"):
             supervisor.check_alive()
+    finally:
+        supervisor.stop(grace_s=1)
+
+
+def test_a_worker_that_dies_leaves_no_calls_in_flight_in_the_shared_metrics(tmp_path: Path) -> None:
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    in_flight_then_crash = [sys.executable, "-c", "from infra import metrics; "
+                            "metrics.CALLS_IN_FLIGHT.labels('payment').inc(); raise SystemExit(3)"]
+    supervisor = Supervisor({**os.environ, MULTIPROC_DIR: str(folder)})
+    try:
+        supervisor.start("worker1", in_flight_then_crash, restart=True)
+        first = supervisor.children[0].proc
+        dead(supervisor, "worker1")
+        assert (folder / f"gauge_livesum_{first.pid}.db").exists()
+
+        supervisor.check_alive()
+
+        assert not (folder / f"gauge_livesum_{first.pid}.db").exists()
     finally:
         supervisor.stop(grace_s=1)
