@@ -1,0 +1,110 @@
+"""Log lines as JSON (LOG_FORMAT=json, the default) or text, each carrying the context it was written in: the
+request id of the HTTP request or task, and the saga, order, step and attempt a step runs for.
+
+The context lives in contextvars, set where a request starts or a step is claimed (`log_context`) and restored when
+it ends, so every thread of a worker's pool carries its own. A filter on the handler copies it onto each record.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+FIELDS = ("request_id", "saga_id", "order_id", "step", "attempt")
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID = 128
+_context: ContextVar[Mapping[str, Any]] = ContextVar("bookmarket_log_context", default=MappingProxyType({}))
+_HANDLER_NAME = "bookmarket"
+# The attributes every LogRecord has: anything else on a record was passed in `extra` and is written as a field.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Add `fields` to every log line written inside the block (in this thread or task), then restore."""
+    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def current(name: str) -> Any:
+    """A field of the current log context (None when unset)."""
+    return _context.get().get(name)
+
+
+def request_id_from(given: str | None) -> str:
+    """The caller's request id when it is a sensible one (printable, short), else a new one."""
+    if given and len(given) <= MAX_REQUEST_ID and given.isprintable() and not any(c in given for c in '"\\'):
+        return given
+    return uuid.uuid4().hex
+
+
+class ContextFilter(logging.Filter):
+    """Copy the log context onto each record (never overriding a field the call passed in `extra`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in _context.get().items():
+            if not hasattr(record, name):
+                setattr(record, name, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ts, level, logger, message, the context fields, any `extra`, and exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "process": record.process, "thread": record.threadName,
+        }
+        line.update((k, v) for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_"))
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The usual text line, followed by the context fields as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = " ".join(f"{k}={getattr(record, k)}" for k in FIELDS if getattr(record, k, None) is not None)
+        return f"{text} [{fields}]" if fields else text
+
+
+def formatter(fmt: str) -> logging.Formatter:
+    if fmt not in ("json", "text"):
+        raise ValueError(f"LOG_FORMAT must be json or text, got {fmt!r}")
+    return JsonFormatter() if fmt == "json" else TextFormatter()
+
+
+def handler(fmt: str, stream: Any = None) -> logging.Handler:
+    """A stream handler (stderr) writing `fmt` lines with the log context."""
+    made = logging.StreamHandler(stream or sys.stderr)
+    made.set_name(_HANDLER_NAME)
+    made.setFormatter(formatter(fmt))
+    made.addFilter(ContextFilter())
+    return made
+
+
+def configure_logging(fmt: str, level: int | str = logging.INFO) -> None:
+    """Send the root logger's lines to stderr as `fmt`; a second call replaces the handler it installed (and no
+    other)."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler(fmt))
+    root.setLevel(level)
