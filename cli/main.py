@@ -93,7 +93,8 @@ def gunicorn_sandbox(bind: str, port: int, graceful_s: float = 2) -> list[str]:
 def celery_worker(threads: int, queue: str, beat_schedule: str | None = None,
                   hostname: str | None = None) -> list[str]:
     """One Celery worker process running `threads` saga steps at once on Celery's thread pool."""
-    argv = [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "--loglevel", "INFO",
+    # --quiet: no banner on stdout, so every line the worker writes is a log line (in LOG_FORMAT)
+    argv = [sys.executable, "-m", "celery", "-A", "workers.main", "--quiet", "worker", "--loglevel", "INFO",
             "--pool", "threads", "--concurrency", str(threads), "--queues", queue, "--without-mingle",
             "--without-gossip"]
     if hostname:

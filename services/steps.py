@@ -50,7 +50,6 @@ def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -
     with log_context(saga_id=saga_id, step=step):
         attempt = claim(rt, saga_id, step, task_id)
         if attempt is None:
-            log.info("saga %s step %s: nothing to claim (a repeat, or not due)", saga_id, step)
             return "not claimed"
         budget = rt.settings.inline_steps
         while True:
