@@ -9,7 +9,7 @@ from typing import Any
 from gunicorn import glogging
 
 from infra.config import Settings
-from infra.logs import ContextFilter, formatter
+from infra.logs import formatter
 
 
 class Logger(glogging.Logger):  # type: ignore[misc]
@@ -19,7 +19,6 @@ class Logger(glogging.Logger):  # type: ignore[misc]
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(fmt)
-                handler.addFilter(ContextFilter())
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: timedelta) -> None:
         if not self.access_log_enabled:

@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         runtime = build_runtime(settings, db=_flask_database(app))
     app.extensions["bookmarket"] = runtime
     app.extensions["bookmarket.admission"] = Admission(settings.admission_target_ms / 1000)
-    app.extensions["bookmarket.readiness"] = Readiness(runtime, settings.readiness_timeout_s)
+    app.extensions["bookmarket.readiness"] = Readiness.of(runtime, settings.readiness_timeout_s)
     track_request_ids(app)
     api = ProblemApi(app)
     api.register_blueprint(blp)

@@ -2,7 +2,7 @@
 request id of the HTTP request or task, and the saga, order, step and attempt a step runs for.
 
 The context lives in contextvars, set where a request starts or a step is claimed (`log_context`) and restored when
-it ends, so every thread of a worker's pool carries its own. A filter on the handler copies it onto each record.
+it ends, so every thread of a worker's pool carries its own. The LogRecord factory copies it onto each record.
 """
 from __future__ import annotations
 
@@ -50,14 +50,23 @@ def request_id_from(given: str | None) -> str:
     return uuid.uuid4().hex
 
 
-class ContextFilter(logging.Filter):
-    """Copy the log context onto each record (never overriding a field the call passed in `extra`)."""
+def _with_context(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """A LogRecord factory that puts the log context on every record as it is made, whichever handler (ours,
+    Celery's, a test's) writes it. Give a line such fields with `log_context`, not `extra` (logging refuses an
+    `extra` key the record already has)."""
+    if getattr(make, "_bookmarket_context", False):
+        return make
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        for name, value in _context.get().items():
-            if not hasattr(record, name):
-                setattr(record, name, value)
-        return True
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made = make(*args, **kwargs)
+        made.__dict__.update(_context.get())
+        return made
+
+    factory._bookmarket_context = True  # type: ignore[attr-defined]
+    return factory
+
+
+logging.setLogRecordFactory(_with_context(logging.getLogRecordFactory()))
 
 
 class JsonFormatter(logging.Formatter):
@@ -98,7 +107,6 @@ def handler(fmt: str, stream: Any = None) -> logging.Handler:
     made = logging.StreamHandler(stream or sys.stderr)
     made.set_name(_HANDLER_NAME)
     made.setFormatter(formatter(fmt))
-    made.addFilter(ContextFilter())
     return made
 
 

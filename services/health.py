@@ -41,7 +41,7 @@ def _broker(rt: Runtime) -> str:
 
 
 @dataclass
-class _Probe:
+class Probe:
     """One dependency's check, run on its own thread so the caller waits at most the bound. While a check is
     still stuck (a frozen server), the next ones answer 'timeout' at once instead of piling up threads."""
 
@@ -79,12 +79,17 @@ class _Probe:
 
 
 class Readiness:
-    """GET /readyz: the database answers a statement and the broker a PING, each within `timeout_s`."""
+    """GET /readyz: each check (by default: the database answers a statement, the broker a PING) within
+    `timeout_s`."""
 
-    def __init__(self, rt: Runtime, timeout_s: float) -> None:
+    def __init__(self, checks: dict[str, Callable[[], None]], timeout_s: float) -> None:
         self.timeout_s = timeout_s
+        self.probes = [Probe(name, check) for name, check in checks.items()]
+
+    @classmethod
+    def of(cls, rt: Runtime, timeout_s: float) -> Readiness:
         broker = redis_from_url(rt.settings.redis_url, timeout_s, max_connections=2)
-        self.probes = [_Probe("database", lambda: _select_one(rt)), _Probe("broker", lambda: _ping(broker))]
+        return cls({"database": lambda: _select_one(rt), "broker": lambda: _ping(broker)}, timeout_s)
 
     def check(self) -> dict[str, str]:
         """'ok', 'timeout: ...' or 'error: <kind>' for each dependency."""

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from domain.errors import IdempotencyConflict, OrderNotFound, SagaNotFound, UnknownBook
 from domain.model import Book, Order, OrderStatus, check_quantity
 from infra import repository as repo
+from infra.logs import log_context
 from saga.order_saga import ORDER_SAGA
 from services.executor import start_saga
 from services.runtime import Runtime
@@ -58,8 +59,8 @@ def place_order(rt: Runtime, cmd: PlaceOrder, admit: Callable[[], None] | None =
         if replay is None:
             raise
         return replay
-    log.info("order %s placed: saga %s", placed.order.id, placed.view.saga_id,
-             extra={"order_id": placed.order.id, "saga_id": placed.view.saga_id})
+    with log_context(order_id=placed.order.id, saga_id=placed.view.saga_id):
+        log.info("order %s placed: saga %s", placed.order.id, placed.view.saga_id)
     publish(rt, dispatches)
     return placed
 
