@@ -168,6 +168,27 @@ def test_worker_alive_succeeds_while_a_real_worker_runs_and_fails_once_it_hangs_
     assert done.returncode == 1 and "does not exist" in done.stderr  # stopped: the file is gone at once
 
 
+def test_a_worker_keeps_its_heartbeat_while_the_broker_is_down_and_reconnecting(tmp_path: Path) -> None:
+    """A Redis outage is no reason to restart workers: the consumer is reconnecting, and the sweeper still runs."""
+    server = RedisServer(tmp_path)
+    server.start()
+    database_url = f"sqlite:///{tmp_path / 'bookmarket.db'}"
+    upgrade(database_url)
+    env = {**stack_env(database_url, "http://127.0.0.1:9", f"saga-alive-{uuid.uuid4().hex[:8]}"),
+           "REDIS_URL": server.url, "WORKER_HEARTBEAT_FILE": str(tmp_path / "hb"), "WORKER_HEARTBEAT_S": "0.3"}
+    worker = start_worker(env, tmp_path / "worker.log", threads=4)
+    try:
+        server.kill()
+        for _ in range(4):
+            time.sleep(1)
+            done = worker_alive(env, 1)
+            assert done.returncode == 0, f"{done.stderr}\n{worker.log_tail()}"
+        server.start()
+    finally:
+        worker.stop()
+        server.stop()
+
+
 # --- logs ----------------------------------------------------------------------------------------------------------
 def json_lines(path: Path) -> list[dict[str, Any]]:
     """Every line of a process's output, each parsed as JSON (a line that is not JSON fails the test)."""
