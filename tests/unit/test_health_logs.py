@@ -300,3 +300,26 @@ def assert_soon(check: Any, timeout: float = 2) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_gunicorns_access_line_is_json_with_the_request_id_and_no_header(capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import timedelta
+
+    from gunicorn.config import Config
+
+    from api.access_log import Logger
+
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    logger = Logger(cfg)
+    response = SimpleNamespace(status="202 ACCEPTED", headers=[("X-Request-ID", "req-5")], sent=120,
+                               response_length=120)
+    request = SimpleNamespace(headers=[("AUTHORIZATION", "Bearer secret-token-value")])
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/orders", "QUERY_STRING": "", "RAW_URI": "/orders",
+               "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "HTTP_AUTHORIZATION": "Bearer secret"}
+    logger.access(response, request, environ, timedelta(milliseconds=12))
+    out = capsys.readouterr().out
+    line = json.loads(out)
+    assert (line["logger"], line["method"], line["path"], line["status"], line["request_id"]) == (
+        "gunicorn.access", "POST", "/orders", 202, "req-5")
+    assert line["duration_ms"] == 12.0 and "secret" not in out
