@@ -8,11 +8,13 @@ from api.admin import admin
 from api.auth import NO_TOKENS, NoTokens, protect
 from api.metrics import metrics_blueprint
 from api.problems import ProblemApi, register_problem_handlers
+from api.request_ids import track_request_ids
 from api.views import blp
 from infra.config import Settings
 from infra.db import Database, engine_options, normalize_url, prepare_engine
 from infra.tables import metadata
 from services.admission import Admission
+from services.health import Readiness
 from services.runtime import Runtime, build_runtime
 
 SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
@@ -42,6 +44,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         runtime = build_runtime(settings, db=_flask_database(app))
     app.extensions["bookmarket"] = runtime
     app.extensions["bookmarket.admission"] = Admission(settings.admission_target_ms / 1000)
+    app.extensions["bookmarket.readiness"] = Readiness.of(runtime, settings.readiness_timeout_s)
+    track_request_ids(app)
     api = ProblemApi(app)
     api.register_blueprint(blp)
     api.register_blueprint(admin)

@@ -123,6 +123,12 @@ class HealthSchema(Schema):
     broker = fields.String()
 
 
+class ReadySchema(Schema):
+    status = fields.String(metadata={"description": "ok"})
+    checks = fields.Dict(keys=fields.String(), values=fields.String(),
+                         metadata={"description": "each dependency: ok, timeout: ..., or error: <kind>"})
+
+
 class ProblemSchema(Schema):
     type = fields.String()
     title = fields.String()

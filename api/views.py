@@ -21,6 +21,7 @@ from api.schemas import (
     NotificationSchema,
     OrderCreateSchema,
     OrderSchema,
+    ReadySchema,
     SagaSchema,
     cents,
     with_amount,
@@ -29,7 +30,7 @@ from domain.model import OrderStatus
 from services import orders as service
 from services.cancellation import CancelOrder as CancelRequest
 from services.cancellation import cancel_order
-from services.health import check_health
+from services.health import Readiness, check_health, down
 from services.runtime import Runtime
 
 ID = f"int(max={INT32_MAX})"
@@ -201,3 +202,31 @@ class Liveness(MethodView):
     def get(self) -> Any:
         """Liveness: the process serves HTTP (dependencies are not checked; see /health for readiness)."""
         return {"status": "ok"}
+
+
+@blp.route("/healthz")
+class Alive(MethodView):
+    @public
+    @blp.response(200, HealthSchema)
+    def get(self) -> Any:
+        """Liveness for a probe: the process answers HTTP; no dependency is checked (a database outage must not
+        restart the API)."""
+        return {"status": "ok"}
+
+
+@blp.route("/readyz")
+class Ready(MethodView):
+    @public
+    @blp.response(200, ReadySchema)
+    @blp.alt_response(503, description="The database or the broker did not answer within READINESS_TIMEOUT_S "
+                                        "(problem+json naming them, with `checks`)")
+    def get(self) -> Any:
+        """Readiness for a probe: the database answers a statement and the broker a PING, each within
+        READINESS_TIMEOUT_S (1 s), so the probe never hangs."""
+        readiness: Readiness = current_app.extensions["bookmarket.readiness"]
+        checks = readiness.check()
+        failed = down(checks)
+        if not failed:
+            return {"status": "ok", "checks": checks}
+        detail = "; ".join(f"{name}: {checks[name]}" for name in failed)
+        return problem(503, "Service Unavailable", f"not ready: {detail}", checks=checks)

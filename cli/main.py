@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +27,7 @@ from infra.tokens import Tokens
 # milliseconds) and holds no database connection meanwhile, so one process on Celery's thread pool keeps this
 # many calls in flight for a few megabytes of stacks; the GIL is free while they wait.
 WORKER_THREADS = 192
+HEARTBEAT_MISSES = 4  # `worker-alive` fails once this many heartbeats in a row were missed
 
 
 def _env_int(name: str, default: int) -> int:
@@ -62,6 +64,10 @@ def parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--bind", default=os.environ.get("BOOKMARKET_BIND", "127.0.0.1"))
     sub.add_parser("migrate", help="bring the database schema up to date and seed the catalog")
     sub.add_parser("config", help="print the settings the environment gives, as JSON (passwords masked)")
+    alive = sub.add_parser("worker-alive", help="exit 0 if this machine's worker touched its heartbeat file "
+                                                "(WORKER_HEARTBEAT_FILE) lately, 1 otherwise: a liveness probe")
+    alive.add_argument("--max-age", type=float, default=None,
+                       help="seconds the heartbeat may be old (4 x WORKER_HEARTBEAT_S: 20)")
     sagas_cli.add_parser(sub)
     return p
 
@@ -76,9 +82,10 @@ def gunicorn(bind: str, port: int, app: str, workers: int, threads: int, gracefu
 
 
 def gunicorn_api(bind: str, port: int, workers: int = 2, threads: int = 16) -> list[str]:
-    """The API under gunicorn, whose settings file forgets the metrics of an API process that exits."""
+    """The API under gunicorn, whose settings file forgets the metrics of an API process that exits, with access
+    lines written by our logger class (JSON, no headers or query strings)."""
     return gunicorn(bind, port, "api.wsgi:app", workers, threads, 10, "--timeout", "60", "--access-logfile", "-",
-                    "--config", "python:api.gunicorn_conf")
+                    "--config", "python:api.gunicorn_conf", "--logger-class", "api.access_log.Logger")
 
 
 def gunicorn_sandbox(bind: str, port: int, graceful_s: float = 2) -> list[str]:
@@ -91,7 +98,8 @@ def gunicorn_sandbox(bind: str, port: int, graceful_s: float = 2) -> list[str]:
 def celery_worker(threads: int, queue: str, beat_schedule: str | None = None,
                   hostname: str | None = None) -> list[str]:
     """One Celery worker process running `threads` saga steps at once on Celery's thread pool."""
-    argv = [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "--loglevel", "INFO",
+    # --quiet: no banner on stdout, so every line the worker writes is a log line (in LOG_FORMAT)
+    argv = [sys.executable, "-m", "celery", "-A", "workers.main", "--quiet", "worker", "--loglevel", "INFO",
             "--pool", "threads", "--concurrency", str(threads), "--queues", queue, "--without-mingle",
             "--without-gossip"]
     if hostname:
@@ -122,6 +130,7 @@ def up(args: argparse.Namespace) -> int:
     data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TMPDIR=str(data), PYTHONUNBUFFERED="1")
     env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")  # local monitoring on loopback only
+    env.setdefault("LOG_FORMAT", "text" if sys.stdout.isatty() else "json")  # a person reading a terminal: text
     env.setdefault("DATABASE_URL", sqlite_url_for(data))
     sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
     env.setdefault("SANDBOX_URL", sandbox_url)
@@ -264,6 +273,24 @@ def _tokens_for_api(data_dir: Path) -> str | None:
     return read(path)[1].hashed()
 
 
+def worker_alive(settings: Settings, max_age_s: float | None) -> int:
+    """0 when the heartbeat file is fresher than `max_age_s`, else 1 with a line saying why."""
+    limit = max_age_s if max_age_s is not None else HEARTBEAT_MISSES * settings.worker_heartbeat_s
+    path = Path(settings.worker_heartbeat_file)
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        print(f"bookmarket: no worker heartbeat: {path} does not exist (the worker is not running, not ready yet, "
+              "or stopped)", file=sys.stderr, flush=True)
+        return 1
+    if age > limit:
+        print(f"bookmarket: worker heartbeat {path} is {age:.1f}s old (more than {limit:g}s)", file=sys.stderr,
+              flush=True)
+        return 1
+    print(f"worker alive: heartbeat {age:.1f}s old")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -278,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(config_json(settings))
         return 0
+    if args.command == "worker-alive":
+        return worker_alive(settings, args.max_age)
     if args.command == "migrate":
         upgrade(settings.database_url)
         print(f"schema up to date: {settings.database_url}")

@@ -8,8 +8,12 @@ import redis
 from celery import Celery
 
 from infra.config import Settings
+from infra.logs import current
 
 log = logging.getLogger(__name__)
+
+
+REQUEST_ID = "request_id"  # the message header carrying the request id of the API call or task that sent it
 
 
 def task_name(step: str) -> str:
@@ -134,10 +138,18 @@ class Publisher:
     def _send(self, producer: object, saga_id: int, step: str, index: int) -> None:
         try:
             for _ in range(self.copies):
-                self.app.send_task(task_name(step), args=[saga_id], queue=self.queue, producer=producer, retry=False)
+                self.app.send_task(task_name(step), args=[saga_id], queue=self.queue, producer=producer, retry=False,
+                                   headers=self._headers())
         except Exception as exc:  # noqa: BLE001
             log.warning("publish of %s for saga %s failed: %s", step, saga_id, exc)
             raise _PartialPublish(index) from None
+
+
+    @staticmethod
+    def _headers() -> dict[str, str]:
+        """The request id of the log context travels with the message, into the worker's log lines."""
+        request_id = current("request_id")
+        return {REQUEST_ID: request_id} if request_id else {}
 
 
 class _PartialPublish(Exception):

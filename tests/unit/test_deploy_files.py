@@ -466,15 +466,42 @@ def test_disabling_the_sandbox_without_provider_urls_fails_with_a_message_naming
         render(chart, {"sandbox": {"enabled": False}})
 
 
-def test_the_api_deployment_probes_readiness_on_health_and_liveness_on_health_live(
+def test_the_api_deployment_probes_readiness_on_readyz_and_liveness_on_healthz(
     chart: helm_python.Chart,
 ) -> None:
-    container = pod_spec(one(render(chart), "Deployment", "api"))["containers"][0]
+    docs = render(chart)
+    container = pod_spec(one(docs, "Deployment", "api"))["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    for probe, path in (("readinessProbe", "/health"), ("livenessProbe", "/health/live")):
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         get = container[probe]["httpGet"]
         assert get["path"] == path
         assert ports[get["port"]] == bookmarket_args(container["command"]).port
+    assert container["readinessProbe"]["timeoutSeconds"] > float(settings_env(docs)["READINESS_TIMEOUT_S"]) * 2
+
+
+def test_the_worker_deployment_probes_liveness_with_worker_alive_on_its_heartbeat_file(
+    chart: helm_python.Chart,
+) -> None:
+    docs = render(chart, {"worker": {"livenessMaxAgeS": 45}})
+    spec = pod_spec(one(docs, "Deployment", "worker"))
+    container = spec["containers"][0]
+    argv = container["livenessProbe"]["exec"]["command"]
+    args = bookmarket_args(argv)
+    assert (args.command, args.max_age) == ("worker-alive", 45)
+    env = settings_env(docs)
+    assert args.max_age > 2 * float(env["WORKER_HEARTBEAT_S"])
+    mounts = [m["mountPath"] for m in container["volumeMounts"]]
+    assert any(env["WORKER_HEARTBEAT_FILE"].startswith(m.rstrip("/") + "/") for m in mounts), "on a writable volume"
+
+
+def test_compose_checks_the_api_on_readyz_and_the_worker_with_worker_alive() -> None:
+    services = compose()["services"]
+    assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    test = services["worker"]["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    args = bookmarket_args(test[1:])
+    assert args.command == "worker-alive"
+    assert args.max_age > 2 * float(shared_env()["WORKER_HEARTBEAT_S"])
 
 
 @pytest.mark.parametrize(
