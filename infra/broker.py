@@ -17,6 +17,13 @@ def task_name(step: str) -> str:
     return f"saga.{step}"
 
 
+def args_shown(saga_id: int, step: str, order_id: int | None = None) -> str:
+    """How a step message's arguments read in Flower, and what its search finds: "saga=12 order=34 step=pay"
+    (a search needs 3 characters or more: "saga=12" finds a saga where "12" could not)."""
+    order = f" order={order_id}" if order_id is not None else ""
+    return f"saga={saga_id}{order} step={step}"
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured so that the database, not the broker, holds the truth.
 
@@ -116,14 +123,14 @@ class Publisher:
         self.copies = 2 if duplicate else 1  # CHAOS_DUPLICATE_DISPATCH: every message twice, for fault tests
         self.timeout_s = timeout_s
 
-    def publish(self, dispatches: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
-        """Send each (saga_id, step); the ones that failed are returned."""
+    def publish(self, dispatches: Sequence[tuple[int, str]], order_id: int | None = None) -> list[tuple[int, str]]:
+        """Send each (saga_id, step), of order `order_id` when known; the ones that failed are returned."""
         if not dispatches:
             return []
         try:
             with self.app.producer_pool.acquire(block=True, timeout=self.timeout_s) as producer:
                 for index, (saga_id, step) in enumerate(dispatches):
-                    self._send(producer, saga_id, step, index)
+                    self._send(producer, saga_id, step, index, order_id)
         except _PartialPublish as partial:
             return list(dispatches[partial.index:])
         except Exception:  # noqa: BLE001 - the broker is unreachable: nothing was sent
@@ -131,10 +138,12 @@ class Publisher:
             return list(dispatches)
         return []
 
-    def _send(self, producer: object, saga_id: int, step: str, index: int) -> None:
+    def _send(self, producer: object, saga_id: int, step: str, index: int, order_id: int | None) -> None:
+        shown = args_shown(saga_id, step, order_id)
         try:
             for _ in range(self.copies):
-                self.app.send_task(task_name(step), args=[saga_id], queue=self.queue, producer=producer, retry=False)
+                self.app.send_task(task_name(step), args=[saga_id], queue=self.queue, producer=producer, retry=False,
+                                   argsrepr=shown, kwargsrepr="")
         except Exception as exc:  # noqa: BLE001
             log.warning("publish of %s for saga %s failed: %s", step, saga_id, exc)
             raise _PartialPublish(index) from None

@@ -52,6 +52,9 @@ class Settings:
     worker_nice: int
     sweep_in_worker: bool
     task_events: bool
+    flower_url: str
+    flower_basic_auth: str
+    otlp_endpoint: str
     chaos_duplicate_dispatch: bool
     chaos_poison_steps: dict[str, str]
     api_tokens: Tokens
@@ -96,6 +99,9 @@ class Settings:
             worker_nice=int(_env("WORKER_NICE", "0")),
             sweep_in_worker=_env("SWEEP_IN_WORKER", "1") in ("1", "true", "yes"),
             task_events=_env("TASK_EVENTS", "0") in ("1", "true", "yes"),
+            flower_url=_env("FLOWER_URL", "").rstrip("/"),
+            flower_basic_auth=_basic_auth(_env("FLOWER_BASIC_AUTH", "")),
+            otlp_endpoint=_env("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
             chaos_duplicate_dispatch=_env("CHAOS_DUPLICATE_DISPATCH", "0") in ("1", "true", "yes"),
             chaos_poison_steps=_poison(_env("CHAOS_POISON_STEPS", "")),
             api_tokens=parse_tokens(_env("BOOKMARKET_TOKENS", ""), "BOOKMARKET_TOKENS"),
@@ -127,6 +133,13 @@ def _limits(name: str, raw: str) -> dict[str, int]:
     if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
         raise ValueError(f"{name} must be a JSON object of whole numbers, e.g. {{\"messaging\": 8}}")
     return value
+
+
+def _basic_auth(raw: str) -> str:
+    """FLOWER_BASIC_AUTH "user:password" (several separated by commas): the credentials Flower asks for."""
+    if raw and not all(user and password for user, _, password in (e.partition(":") for e in raw.split(","))):
+        raise ValueError("FLOWER_BASIC_AUTH must look like 'user:password' (several separated by commas)")
+    return raw
 
 
 def _poison(raw: str) -> dict[str, str]:

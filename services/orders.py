@@ -55,7 +55,7 @@ def place_order(rt: Runtime, cmd: PlaceOrder, admit: Callable[[], None] | None =
         if replay is None:
             raise
         return replay
-    publish(rt, dispatches)
+    publish(rt, dispatches, placed.order.id)
     return placed
 
 

@@ -4,20 +4,20 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
+from infra import tracing
 from infra.broker import make_celery, task_name
 from infra.config import Settings
 from infra.providers import ProviderReply
-from saga.definition import SagaDefinition
 from services.effects import StepEffects
-from services.runtime import Runtime, build_runtime, configured_definitions
-from services.steps import run_step
+from services.runtime import Runtime, build_runtime, configured_definitions, provider_steps
+from services.steps import StepAttemptFailed, run_task
 from services.sweeper import sweep
 from workers.sweeper_loop import SweeperLoop
 
@@ -96,11 +96,6 @@ def lower_priority(nice: int) -> None:
         log.info("worker CPU priority lowered by %d (WORKER_NICE)", nice)
 
 
-def provider_steps(definitions: Iterable[SagaDefinition]) -> list[str]:
-    """Every step, in every saga definition, that calls a provider and so travels as a task."""
-    return sorted({s.name for d in definitions for s in d.all_steps if not s.is_local})
-
-
 def create_celery(settings: Settings | None = None) -> Celery:
     """Build the Celery app and register the step tasks and the sweeper on it."""
     settings = settings or Settings.from_env()
@@ -109,6 +104,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
     holder = _Holder(settings, app)
     worker_init.connect(lambda **_: lower_priority(settings.worker_nice), weak=False)
     worker_process_init.connect(holder.reset, weak=False)
+    worker_init.connect(lambda sender=None, **_: _trace_worker(settings, app, sender), weak=False)
+    worker_process_init.connect(lambda **_: tracing.configure(settings, "bookmarket-worker", celery=app), weak=False)
     worker_shutting_down.connect(holder.drain, weak=False)
     for step in provider_steps(definitions.values()):
         _register_step(app, holder, step)
@@ -127,10 +124,20 @@ def create_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
+def _trace_worker(settings: Settings, app: Celery, worker: Any) -> None:
+    """Tracing once per worker process: now on the thread pool; in each child, after the fork, on prefork (the
+    batch span processor's thread does not survive a fork)."""
+    pool = str(getattr(worker, "pool_cls", "prefork"))
+    if "prefork" not in pool and "processes" not in pool:
+        tracing.configure(settings, "bookmarket-worker", celery=app)
+
+
 def _register_step(app: Celery, holder: _Holder, step: str) -> None:
     def run(task: Task, saga_id: int) -> str:
-        return run_step(holder.get(), int(saga_id), step, task.request.id)
+        tracing.tag_task(int(saga_id), step)
+        return run_task(holder.get(), int(saga_id), step, task.request.id)
 
     run.__name__ = f"run_{step}"
-    run.__doc__ = f"Run step {step!r} of a saga (ids only; a repeat does nothing)."
-    app.task(name=task_name(step), bind=True)(run)
+    run.__doc__ = (f"Run step {step!r} of a saga (ids only; a repeat does nothing). A failed attempt, once recorded, "
+                   "raises StepAttemptFailed: an expected error (no traceback), acknowledged, never retried by Celery.")
+    app.task(name=task_name(step), bind=True, throws=(StepAttemptFailed,))(run)

@@ -20,7 +20,8 @@ from tests.unit.test_support import act, audit, parked_on_pay
 
 pytestmark = pytest.mark.integration
 
-TABLES = ("audit_log, bulk_plans, step_attempts, notifications, customer_orders, payments, deliveries, saga_steps, sagas, orders")
+TABLES = ("audit_log, bulk_plans, step_attempts, notifications, customer_orders, payments, deliveries, saga_steps, "
+          "sagas, orders")
 
 
 @pytest.fixture(scope="module")
