@@ -9,12 +9,11 @@ from api.auth import NO_TOKENS, NoTokens, protect
 from api.problems import ProblemApi, register_problem_handlers
 from api.views import blp
 from infra import tracing
-from infra.broker import task_name
 from infra.config import Settings
 from infra.db import Database, engine_options, normalize_url, prepare_engine
 from infra.tables import metadata
 from services.admission import Admission
-from services.runtime import Runtime, build_runtime, provider_steps
+from services.runtime import Runtime, build_runtime
 
 SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
 
@@ -48,8 +47,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     api.register_blueprint(admin)
     register_problem_handlers(app)
     protect(app, api, settings.api_tokens)
-    tracing.configure(settings, "bookmarket-api", flask_app=app, celery=runtime.publisher.app,
-                      task_names=[task_name(step) for step in provider_steps(runtime.definitions.values())])
+    tracing.configure(settings, "bookmarket-api", flask_app=app)
     return app
 
 

@@ -9,20 +9,21 @@ OpenTelemetry is imported: `step_span` is a null context.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
-
-from celery import Celery
 
 from infra.config import Settings
 
 _tracer: Any = None  # the tracer of step spans, once tracing is on in this process
 
 
-def configure(settings: Settings, service: str, flask_app: Any = None, celery: Celery | None = None,
-              task_names: Iterable[str] = (), provider: Any = None) -> bool:
+def configure(settings: Settings, service: str, flask_app: Any = None, provider: Any = None) -> bool:
     """Turn tracing on in this process when OTEL_EXPORTER_OTLP_ENDPOINT is set (or a tracer `provider` is given,
-    as tests do); whether it is on. `celery` is the app that publishes steps, `task_names` their tasks."""
+    as tests do); whether it is on.
+
+    Our Publisher sends by task name (send_task): the Celery instrumentation's before_task_publish hook sees it all
+    the same (the signal's sender is the name), opens the publish span and puts the traceparent in the headers,
+    also in the API, whose Celery app has no task registered (tests/integration/test_traces.py)."""
     global _tracer
     if provider is None and not settings.otlp_endpoint:
         return False
@@ -39,8 +40,6 @@ def configure(settings: Settings, service: str, flask_app: Any = None, celery: C
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
         FlaskInstrumentor.instrument_app(flask_app, tracer_provider=provider)
-    if celery is not None:
-        _publishes_seen(celery, task_names)
     return True
 
 
@@ -57,20 +56,6 @@ def _exporting_provider(service: str) -> Any:
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
-
-
-def _publishes_seen(celery: Celery, task_names: Iterable[str]) -> None:
-    """The Celery instrumentation looks a published task up by name in the *current* app, and when it finds none
-    it starts the publish span and never ends it (and leaves it the thread's current span). The API's app
-    publishes tasks it does not run: register their names on it and make it current."""
-    for name in task_names:
-        if name not in celery.tasks:
-            celery.task(name=name)(_runs_in_workers)
-    celery.set_current()
-
-
-def _runs_in_workers(*_: object) -> None:
-    raise RuntimeError("this process only publishes saga steps; a worker runs them")
 
 
 def tag_task(saga_id: int, step: str) -> None:

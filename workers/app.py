@@ -104,8 +104,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
     holder = _Holder(settings, app)
     worker_init.connect(lambda **_: lower_priority(settings.worker_nice), weak=False)
     worker_process_init.connect(holder.reset, weak=False)
-    worker_init.connect(lambda sender=None, **_: _trace_worker(settings, app, sender), weak=False)
-    worker_process_init.connect(lambda **_: tracing.configure(settings, "bookmarket-worker", celery=app), weak=False)
+    worker_init.connect(lambda sender=None, **_: _trace_worker(settings, sender), weak=False)
+    worker_process_init.connect(lambda **_: tracing.configure(settings, "bookmarket-worker"), weak=False)
     worker_shutting_down.connect(holder.drain, weak=False)
     for step in provider_steps(definitions.values()):
         _register_step(app, holder, step)
@@ -115,7 +115,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         worker_ready.connect(loop.start, weak=False)
         worker_shutdown.connect(loop.stop, weak=False)
 
-    @app.task(name="saga.sweep", ignore_result=True, acks_late=False)
+    @app.task(name="saga.sweep", ignore_result=True, acks_late=False, shared=False)
     def sweep_task() -> dict[str, int]:
         report = sweep(holder.get())
         return {"dispatched": report.dispatched, "recovered": report.recovered, "parked": report.parked}
@@ -124,12 +124,12 @@ def create_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-def _trace_worker(settings: Settings, app: Celery, worker: Any) -> None:
+def _trace_worker(settings: Settings, worker: Any) -> None:
     """Tracing once per worker process: now on the thread pool; in each child, after the fork, on prefork (the
     batch span processor's thread does not survive a fork)."""
     pool = str(getattr(worker, "pool_cls", "prefork"))
     if "prefork" not in pool and "processes" not in pool:
-        tracing.configure(settings, "bookmarket-worker", celery=app)
+        tracing.configure(settings, "bookmarket-worker")
 
 
 def _register_step(app: Celery, holder: _Holder, step: str) -> None:
@@ -140,4 +140,4 @@ def _register_step(app: Celery, holder: _Holder, step: str) -> None:
     run.__name__ = f"run_{step}"
     run.__doc__ = (f"Run step {step!r} of a saga (ids only; a repeat does nothing). A failed attempt, once recorded, "
                    "raises StepAttemptFailed: an expected error (no traceback), acknowledged, never retried by Celery.")
-    app.task(name=task_name(step), bind=True, throws=(StepAttemptFailed,))(run)
+    app.task(name=task_name(step), bind=True, throws=(StepAttemptFailed,), shared=False)(run)  # on this app only
