@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import redis
 from celery import Celery
@@ -123,14 +123,16 @@ class Publisher:
         self.copies = 2 if duplicate else 1  # CHAOS_DUPLICATE_DISPATCH: every message twice, for fault tests
         self.timeout_s = timeout_s
 
-    def publish(self, dispatches: Sequence[tuple[int, str]], order_id: int | None = None) -> list[tuple[int, str]]:
-        """Send each (saga_id, step), of order `order_id` when known; the ones that failed are returned."""
+    def publish(self, dispatches: Sequence[tuple[int, str]],
+                orders: Mapping[int, int] | None = None) -> list[tuple[int, str]]:
+        """Send each (saga_id, step) (`orders`: saga id -> order id, as far as known); the ones that failed are
+        returned."""
         if not dispatches:
             return []
         try:
             with self.app.producer_pool.acquire(block=True, timeout=self.timeout_s) as producer:
                 for index, (saga_id, step) in enumerate(dispatches):
-                    self._send(producer, saga_id, step, index, order_id)
+                    self._send(producer, saga_id, step, index, (orders or {}).get(saga_id))
         except _PartialPublish as partial:
             return list(dispatches[partial.index:])
         except Exception:  # noqa: BLE001 - the broker is unreachable: nothing was sent

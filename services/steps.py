@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
@@ -40,8 +40,14 @@ class StepAttemptFailed(Exception):
     retries, not Celery). A step's task raises it last, so Flower shows the task as failed, with the error."""
 
     def __init__(self, saga_id: int, order_id: int, step: str, attempt: int, error: str) -> None:
-        super().__init__(f"saga={saga_id} order={order_id} step={step} attempt={attempt} failed: {error}")
+        super().__init__(saga_id, order_id, step, attempt, error)  # its args rebuild it: Celery pickles it
         self.saga_id, self.order_id, self.step, self.attempt, self.error = saga_id, order_id, step, attempt, error
+
+    def __str__(self) -> str:
+        return f"saga={self.saga_id} order={self.order_id} step={self.step} attempt={self.attempt} failed: {self.error}"
+
+    def __repr__(self) -> str:  # what Flower shows and the worker logs
+        return f"StepAttemptFailed({str(self)!r})"
 
 
 @dataclass(frozen=True)
@@ -217,10 +223,13 @@ def _record_effects(conn: Connection, rt: Runtime, executor: Executor, ctx: Step
     effects.on_failure(conn, ctx, _error(event, reply) or "", final, isinstance(reply, PaymentDeclined))
 
 
-def publish(rt: Runtime, dispatches: Sequence[Dispatch], order_id: int | None = None) -> None:
-    """Send the committed dispatches (of order `order_id`'s sagas, when known: Flower shows it); what the broker
-    refused is left to the sweeper."""
-    failed = rt.publisher.publish(dispatches, order_id)
+def publish(rt: Runtime, dispatches: Sequence[Dispatch],
+            orders: int | Mapping[int, int] | None = None) -> None:
+    """Send the committed dispatches; what the broker refused is left to the sweeper. `orders`: the order of
+    every dispatch's saga (one order id, or saga id -> order id), for Flower to show and find."""
+    if isinstance(orders, int):
+        orders = {saga_id: orders for saga_id, _ in dispatches}
+    failed = rt.publisher.publish(dispatches, orders)
     if not failed:
         return
     try:

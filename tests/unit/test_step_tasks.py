@@ -3,6 +3,7 @@ attempt as a failed task (StepAttemptFailed, raised once the engine has recorded
 what it records or retries). The real services on fakes (tests/unit/engine_fakes.py), and the real Celery app."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def test_a_failed_attempt_raises_step_attempt_failed_and_records_exactly_what_ru
                                                                           "pay", 1)
     assert str(error) == (f"saga={placed[1].saga_id} order={placed[1].order.id} step=pay attempt=1 failed: "
                           "charge answered 503: busy")
+    assert repr(pickle.loads(pickle.dumps(error))) == f"StepAttemptFailed({str(error)!r})"  # as Celery sends it
     for engine in (as_before, as_task):
         engine.rt.close()
 
@@ -96,10 +98,10 @@ class SendingApp:
 
 def test_a_step_message_reads_saga_order_and_step_in_flower_and_carries_only_the_saga_id() -> None:
     app = SendingApp()
-    assert Publisher(app, "saga").publish([(12, "pay"), (13, "ship")], order_id=34) == []  # type: ignore[arg-type]
+    assert Publisher(app, "saga").publish([(12, "pay"), (13, "ship")], {12: 34}) == []  # type: ignore[arg-type]
     assert [(m["name"], m["args"], m["argsrepr"]) for m in app.sent] == [
-        ("saga.pay", [12], "saga=12 order=34 step=pay"), ("saga.ship", [13], "saga=13 order=34 step=ship")]
-    assert args_shown(12, "pay") == "saga=12 step=pay"  # the sweeper re-sends without the order
+        ("saga.pay", [12], "saga=12 order=34 step=pay"), ("saga.ship", [13], "saga=13 step=ship")]
+    assert args_shown(12, "pay", 34) == "saga=12 order=34 step=pay"
 
 
 def test_a_step_task_expects_step_attempt_failed_and_acknowledges_it_without_a_retry() -> None:
