@@ -115,6 +115,7 @@ def test_flower_finds_a_sagas_tasks_by_saga_id_and_shows_its_failed_attempt_as_a
     pay = sorted(wait_until(both_attempts, 20, 0.2, "Flower to show both pay tasks"), key=lambda t: t["state"])
     failed, succeeded = pay
     assert len(pay) == 2  # the failed task was acknowledged: not delivered again
+    assert {t["uuid"] for t in watched.tasks(f"saga={saga_id}").values()} >= {t["uuid"] for t in pay}  # unquoted
     assert failed["args"] == succeeded["args"] == f"saga={saga_id} order={order_id} step=pay"
     assert "StepAttemptFailed" in failed["exception"]
     assert f"saga={saga_id} order={order_id} step=pay attempt=1 failed: payment answered 503" in failed["exception"]
