@@ -29,6 +29,9 @@ def make_celery(settings: Settings) -> Celery:
 
     - acks_late + reject_on_worker_lost: a task whose process dies is delivered again, not lost; every task
       is idempotent (the step claim is a compare-and-set), so a repeat is harmless.
+      A task that raises (StepAttemptFailed: its failed attempt is recorded) is acknowledged like one that
+      returns (task_acks_on_failure_or_timeout, Celery's default): reject_on_worker_lost is only for a process
+      that dies, so the failure is never delivered again; the engine's retry is a new message.
     - prefetch 1: a worker holds one message per process, so a crash strands at most one.
     - visibility_timeout: an unacked message (its worker vanished) comes back after this long; it is longer than
       any step lease so a slow step is not run twice at once, and the sweeper re-sends sooner anyway.
