@@ -51,6 +51,8 @@ class AttemptSchema(Schema):
     outcome = fields.String(metadata={"enum": ["SUCCEEDED", "COMPENSATED", "FAILED", "BLOCKED", "LOST"]})
     error = fields.String(allow_none=True)
     task_id = fields.String(allow_none=True)
+    flower_url = fields.String(allow_none=True, metadata={
+        "description": "the attempt's task in Flower (FLOWER_URL/task/<task_id>); null without FLOWER_URL"})
     provider_ref = fields.String(allow_none=True)
     outcome_unknown = fields.Boolean()
 

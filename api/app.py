@@ -10,6 +10,7 @@ from api.metrics import metrics_blueprint
 from api.problems import ProblemApi, register_problem_handlers
 from api.request_ids import track_request_ids
 from api.views import blp
+from infra import tracing
 from infra.config import Settings
 from infra.db import Database, engine_options, normalize_url, prepare_engine
 from infra.tables import metadata
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     api.register_blueprint(metrics_blueprint(settings.metrics_role))
     register_problem_handlers(app)
     protect(app, api, settings.api_tokens)
+    tracing.configure(settings, "bookmarket-api", flask_app=app)
     return app
 
 

@@ -1,5 +1,5 @@
-"""`bookmarket`: run the whole stack (`up`) or one piece of it (`api`, `worker`, `beat`, `sandbox`, `migrate`);
-`config` prints the settings."""
+"""`bookmarket`: run the whole stack (`up`) or one piece of it (`api`, `worker`, `beat`, `flower`, `sandbox`,
+`migrate`); `config` prints the settings."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=int, default=_env_int("BOOKMARKET_WORKER_THREADS", WORKER_THREADS),
                         help=f"saga steps this process runs at once, each on a thread ({WORKER_THREADS})")
     worker.add_argument("--beat", action="store_true", help="also run the sweeper schedule in this worker")
+    flower_cmd = sub.add_parser("flower", help="Flower: the saga steps' tasks, searchable by saga, order and step")
+    flower_cmd.add_argument("--port", type=int, default=_env_int("BOOKMARKET_FLOWER_PORT", 5555))
+    flower_cmd.add_argument("--bind", default=os.environ.get("BOOKMARKET_BIND", "127.0.0.1"))
     sub.add_parser("beat", help="optional: Celery beat scheduling saga.sweep (every worker already sweeps)")
     sandbox = sub.add_parser("sandbox", help="the sandbox payment, delivery and messaging providers")
     sandbox.add_argument("--port", type=int, default=_env_int("BOOKMARKET_SANDBOX_PORT", 8090))
@@ -109,8 +112,10 @@ def celery_worker(threads: int, queue: str, beat_schedule: str | None = None,
     return argv
 
 
-def flower(port: int) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.main", "flower", f"--port={port}", "--address=127.0.0.1",
+def flower(port: int, address: str = "127.0.0.1") -> list[str]:
+    """Flower on the workers' broker. Its --basic-auth comes from FLOWER_BASIC_AUTH, which Flower reads from the
+    environment itself: the password never shows on a command line (ps) or in our output."""
+    return [sys.executable, "-m", "celery", "-A", "workers.main", "flower", f"--port={port}", f"--address={address}",
             "--purge_offline_workers=60"]
 
 
@@ -131,6 +136,8 @@ def up(args: argparse.Namespace) -> int:
     env = dict(os.environ, TMPDIR=str(data), PYTHONUNBUFFERED="1")
     env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")  # local monitoring on loopback only
     env.setdefault("LOG_FORMAT", "text" if sys.stdout.isatty() else "json")  # a person reading a terminal: text
+    if args.flower_port:
+        env.setdefault("FLOWER_URL", f"http://127.0.0.1:{args.flower_port}")  # the support timeline links to it
     env.setdefault("DATABASE_URL", sqlite_url_for(data))
     sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
     env.setdefault("SANDBOX_URL", sandbox_url)
@@ -212,12 +219,18 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
         f"  broker     {settings.redis_url}\n"
         f"  workers    {args.workers} Celery worker process(es) x {args.threads} threads, "
         f"sweeper every {settings.sweep_interval_s:g}s\n"
-        f"  flower     {f'http://127.0.0.1:{args.flower_port}' if args.flower_port else 'off'}\n"
+        f"  flower     {_flower_line(args.flower_port, settings)}\n"
         f"  tokens     {tokens}\n"
         "  Ctrl-C stops everything.",
         flush=True,
     )
     return 0
+
+
+def _flower_line(port: int, settings: Settings) -> str:
+    if not port:
+        return "off"
+    return f"http://127.0.0.1:{port}" + ("   (basic auth: FLOWER_BASIC_AUTH)" if settings.flower_basic_auth else "")
 
 
 def config_json(settings: Settings) -> str:
@@ -229,6 +242,8 @@ def config_json(settings: Settings) -> str:
 def _masked(name: str, value: object) -> object:
     if isinstance(value, Tokens):
         return value.describe()
+    if name == "flower_basic_auth" and isinstance(value, str):  # user names only: the passwords are never printed
+        return ",".join(f"{entry.partition(':')[0]}:***" for entry in value.split(",") if entry)
     return _mask_password(value) if name.endswith("_url") else value
 
 
@@ -316,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         schedule = str(Path(os.environ.get("BOOKMARKET_DATA_DIR", ".")) / "beat-schedule") if args.beat else None
         return _exec(celery_worker(args.threads, settings.queue, schedule))
+    if args.command == "flower":
+        return _exec(flower(args.port, args.bind))
     if args.command == "beat":
         return _exec(celery_beat(str(Path(os.environ.get("BOOKMARKET_DATA_DIR", ".")) / "beat-schedule")))
     return _exec(gunicorn_sandbox(args.bind, args.port))

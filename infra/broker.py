@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import redis
 from celery import Celery
@@ -21,11 +21,21 @@ def task_name(step: str) -> str:
     return f"saga.{step}"
 
 
+def args_shown(saga_id: int, step: str, order_id: int | None = None) -> str:
+    """How a step message's arguments read in Flower, and what its search finds: "saga=12 order=34 step=pay"
+    (a search needs 3 characters or more: "saga=12" finds a saga where "12" could not)."""
+    order = f" order={order_id}" if order_id is not None else ""
+    return f"saga={saga_id}{order} step={step}"
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured so that the database, not the broker, holds the truth.
 
     - acks_late + reject_on_worker_lost: a task whose process dies is delivered again, not lost; every task
       is idempotent (the step claim is a compare-and-set), so a repeat is harmless.
+      A task that raises (StepAttemptFailed: its failed attempt is recorded) is acknowledged like one that
+      returns (task_acks_on_failure_or_timeout, Celery's default): reject_on_worker_lost is only for a process
+      that dies, so the failure is never delivered again; the engine's retry is a new message.
     - prefetch 1: a worker holds one message per process, so a crash strands at most one.
     - visibility_timeout: an unacked message (its worker vanished) comes back after this long; it is longer than
       any step lease so a slow step is not run twice at once, and the sweeper re-sends sooner anyway.
@@ -120,14 +130,16 @@ class Publisher:
         self.copies = 2 if duplicate else 1  # CHAOS_DUPLICATE_DISPATCH: every message twice, for fault tests
         self.timeout_s = timeout_s
 
-    def publish(self, dispatches: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
-        """Send each (saga_id, step); the ones that failed are returned."""
+    def publish(self, dispatches: Sequence[tuple[int, str]],
+                orders: Mapping[int, int] | None = None) -> list[tuple[int, str]]:
+        """Send each (saga_id, step) (`orders`: saga id -> order id, as far as known); the ones that failed are
+        returned."""
         if not dispatches:
             return []
         try:
             with self.app.producer_pool.acquire(block=True, timeout=self.timeout_s) as producer:
                 for index, (saga_id, step) in enumerate(dispatches):
-                    self._send(producer, saga_id, step, index)
+                    self._send(producer, saga_id, step, index, (orders or {}).get(saga_id))
         except _PartialPublish as partial:
             return list(dispatches[partial.index:])
         except Exception:  # noqa: BLE001 - the broker is unreachable: nothing was sent
@@ -135,11 +147,12 @@ class Publisher:
             return list(dispatches)
         return []
 
-    def _send(self, producer: object, saga_id: int, step: str, index: int) -> None:
+    def _send(self, producer: object, saga_id: int, step: str, index: int, order_id: int | None) -> None:
+        shown = args_shown(saga_id, step, order_id)
         try:
             for _ in range(self.copies):
                 self.app.send_task(task_name(step), args=[saga_id], queue=self.queue, producer=producer, retry=False,
-                                   headers=self._headers())
+                                   headers=self._headers(), argsrepr=shown, kwargsrepr="")
         except Exception as exc:  # noqa: BLE001
             log.warning("publish of %s for saga %s failed: %s", step, saga_id, exc)
             raise _PartialPublish(index) from None

@@ -56,6 +56,9 @@ class Settings:
     metrics_role: str
     stuck_after_s: float
     worker_metrics_port: int
+    flower_url: str
+    flower_basic_auth: str
+    otlp_endpoint: str
     chaos_duplicate_dispatch: bool
     chaos_poison_steps: dict[str, str]
     api_tokens: Tokens
@@ -107,6 +110,9 @@ class Settings:
             metrics_role=_env("METRICS_ROLE", ""),
             stuck_after_s=float(_env("STUCK_AFTER_S", "60")),
             worker_metrics_port=int(_env("WORKER_METRICS_PORT", "0")),
+            flower_url=_env("FLOWER_URL", "").rstrip("/"),
+            flower_basic_auth=_basic_auth(_env("FLOWER_BASIC_AUTH", "")),
+            otlp_endpoint=_env("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
             chaos_duplicate_dispatch=_env("CHAOS_DUPLICATE_DISPATCH", "0") in ("1", "true", "yes"),
             chaos_poison_steps=_poison(_env("CHAOS_POISON_STEPS", "")),
             api_tokens=parse_tokens(_env("BOOKMARKET_TOKENS", ""), "BOOKMARKET_TOKENS"),
@@ -148,6 +154,13 @@ def _limits(name: str, raw: str) -> dict[str, int]:
 def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:
     if raw not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+def _basic_auth(raw: str) -> str:
+    """FLOWER_BASIC_AUTH "user:password" (several separated by commas): the credentials Flower asks for."""
+    if raw and not all(user and password for user, _, password in (e.partition(":") for e in raw.split(","))):
+        raise ValueError("FLOWER_BASIC_AUTH must look like 'user:password' (several separated by commas)")
     return raw
 
 

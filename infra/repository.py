@@ -564,6 +564,12 @@ def due_dispatches(conn: Connection, now: datetime, stale_before: datetime, limi
     return [(r.saga_id, r.name) for r in rows]
 
 
+def orders_of_sagas(conn: Connection, saga_ids: Iterable[int]) -> dict[int, int]:
+    """saga id -> its order's id."""
+    rows = conn.execute(sa.select(sagas.c.id, sagas.c.order_id).where(sagas.c.id.in_(list(saga_ids))))
+    return {r.id: r.order_id for r in rows}
+
+
 def mark_dispatched(conn: Connection, keys: Sequence[tuple[int, str]], now: datetime) -> None:
     for saga_id, name in keys:
         conn.execute(saga_steps.update().where(_step_where(saga_id, name)).values(dispatched_at=now))

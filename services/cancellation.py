@@ -28,7 +28,7 @@ def cancel_order(rt: Runtime, cmd: CancelOrder) -> OrderView:
     """Record the cancel at once; repeated cancels change nothing and never refund twice."""
     with rt.db.transaction() as conn:
         dispatches = _cancel(rt, conn, cmd.order_id, cmd.reason or DEFAULT_REASON)
-    publish(rt, dispatches)
+    publish(rt, dispatches, cmd.order_id)
     return get_order(rt, cmd.order_id)
 
 

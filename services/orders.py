@@ -61,7 +61,7 @@ def place_order(rt: Runtime, cmd: PlaceOrder, admit: Callable[[], None] | None =
         return replay
     with log_context(order_id=placed.order.id, saga_id=placed.view.saga_id):
         log.info("order %s placed: saga %s", placed.order.id, placed.view.saga_id)
-    publish(rt, dispatches)
+    publish(rt, dispatches, placed.order.id)
     return placed
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -56,6 +56,11 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
         bulkheads=Bulkheads({p: int(n) for p, n in settings.bulkhead_max_calls.items()},
                             wait_s=settings.bulkhead_wait_s, max_waiters=settings.bulkhead_max_waiters),
     )
+
+
+def provider_steps(definitions: Iterable[SagaDefinition]) -> list[str]:
+    """Every step, in every saga definition, that calls a provider and so travels as a task."""
+    return sorted({s.name for d in definitions for s in d.all_steps if not s.is_local})
 
 
 def configured_definitions(policies: Mapping[str, Mapping[str, float]]) -> dict[str, SagaDefinition]:

@@ -153,13 +153,20 @@ def timeline(rt: Runtime, saga_id: int) -> dict[str, Any]:
     steps = []
     for step in kept.steps:
         entry = {k: v for k, v in asdict(step).items() if k != "history"}
-        entry["attempts_list"] = [asdict(a) for a in step.history]
+        entry["attempts_list"] = [_with_flower_link(asdict(a), rt.settings.flower_url) for a in step.history]
         steps.append(entry)
     body = {k: v for k, v in asdict(kept).items() if k != "steps"}
     body.update(customer_id=customer_id, recoveries=_recoveries(rt, saga_id), state=state_label(saga), steps=steps,
                 audit=audit, actions=allowed_actions(definition, saga),
                 state_changes=_state_changes(definition, body, steps, audit))
     return body
+
+
+def _with_flower_link(attempt: dict[str, Any], flower_url: str) -> dict[str, Any]:
+    """The attempt with `flower_url`, its task's page in Flower (FLOWER_URL; None without it or a task)."""
+    task_id = attempt.get("task_id")
+    attempt["flower_url"] = f"{flower_url}/task/{task_id}" if flower_url and task_id else None
+    return attempt
 
 
 def _recoveries(rt: Runtime, saga_id: int) -> int:

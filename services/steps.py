@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -13,6 +13,7 @@ from infra import repository as repo
 from infra.breakers import ProviderBlocked
 from infra.logs import log_context
 from infra.providers import PaymentDeclined, ProviderError, ProviderRefused, ProviderReply
+from infra.tracing import step_span
 from saga.definition import SagaDefinition
 from saga.orchestrator import (
     AttemptOutcome,
@@ -43,7 +44,53 @@ class Attempt:
                 "attempt": self.number}
 
 
+class StepAttemptFailed(Exception):
+    """A step's attempt failed and the engine has recorded it (and scheduled its retry, if any: the engine decides
+    retries, not Celery). A step's task raises it last, so Flower shows the task as failed, with the error."""
+
+    def __init__(self, saga_id: int, order_id: int, step: str, attempt: int, error: str) -> None:
+        super().__init__(saga_id, order_id, step, attempt, error)  # its args rebuild it: Celery pickles it
+        self.saga_id, self.order_id, self.step, self.attempt, self.error = saga_id, order_id, step, attempt, error
+
+    def __str__(self) -> str:
+        return f"saga={self.saga_id} order={self.order_id} step={self.step} attempt={self.attempt} failed: {self.error}"
+
+    def __repr__(self) -> str:  # what Flower shows and the worker logs
+        return f"StepAttemptFailed({str(self)!r})"
+
+
+@dataclass(frozen=True)
+class Ran:
+    """One attempt a task ran and what came of it."""
+
+    attempt: Attempt
+    event: Event
+
+    def __str__(self) -> str:
+        return f"step={self.attempt.context.step} attempt={self.attempt.number} {type(self.event).__name__}"
+
+
 def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -> str:
+    """Run `step` of saga `saga_id` (and the steps it runs inline); "not claimed" or the last outcome's name."""
+    ran = run_attempts(rt, saga_id, step, task_id)
+    return type(ran[-1].event).__name__ if ran else "not claimed"
+
+
+def run_task(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -> str:
+    """run_step for a step's task: what it ran ("saga=12 order=34 step=pay attempt=1 StepSucceeded; ..."), or,
+    once every outcome is recorded and published, StepAttemptFailed for the first attempt that failed."""
+    ran = run_attempts(rt, saga_id, step, task_id)
+    if not ran:
+        return "not claimed"
+    failed = next((r for r in ran if isinstance(r.event, StepFailed)), None)
+    if failed is not None:
+        assert isinstance(failed.event, StepFailed)
+        ctx = failed.attempt.context
+        raise StepAttemptFailed(saga_id, ctx.order_id, ctx.step, failed.attempt.number, failed.event.error)
+    return f"saga={saga_id} order={ran[0].attempt.context.order_id} " + "; ".join(str(r) for r in ran)
+
+
+def run_attempts(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -> list[Ran]:
     """Run `step` of saga `saga_id`; a duplicate or late delivery finds nothing to claim and does nothing.
 
     When the step's outcome opens the saga's next step at once, the transaction that records the outcome also
@@ -52,26 +99,20 @@ def run_step(rt: Runtime, saga_id: int, step: str, task_id: str | None = None) -
     """
     with log_context(saga_id=saga_id, step=step):
         attempt = claim(rt, saga_id, step, task_id)
-        if attempt is None:
-            return "not claimed"
+        ran: list[Ran] = []
         budget = rt.settings.inline_steps
-        while True:
+        while attempt is not None:
             with log_context(**attempt.log_fields()):
-                event, follow = _run_attempt(rt, attempt, budget > 0, task_id)
-            if follow is None:
-                return type(event).__name__
+                with step_span(saga_id, attempt.context.order_id, attempt.context.step, attempt.number):
+                    event, reply = perform(rt, attempt.context, attempt.provider)
+                inline = budget > 0 and not rt.draining.is_set()
+                dispatches, follow = record(rt, attempt, event, reply, inline=inline, task_id=task_id)
+                publish(rt, dispatches, attempt.context.order_id)
+                log.info("saga %s step %s attempt %d: %s", attempt.context.saga_id, attempt.context.step,
+                         attempt.number, type(event).__name__)
+            ran.append(Ran(attempt, event))
             attempt, budget = follow, budget - 1
-
-
-def _run_attempt(rt: Runtime, attempt: Attempt, inline: bool, task_id: str | None) -> tuple[Event, Attempt | None]:
-    """Call, record and publish one attempt; the claimed next step, when this task runs it too."""
-    event, reply = perform(rt, attempt.context, attempt.provider)
-    dispatches, follow = record(rt, attempt, event, reply, inline=inline and not rt.draining.is_set(),
-                                task_id=task_id)
-    publish(rt, dispatches)
-    log.info("saga %s step %s attempt %d: %s", attempt.context.saga_id, attempt.context.step, attempt.number,
-             type(event).__name__)
-    return event, follow
+        return ran
 
 
 def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt | None:
@@ -198,9 +239,13 @@ def _record_effects(conn: Connection, rt: Runtime, executor: Executor, ctx: Step
     effects.on_failure(conn, ctx, _error(event, reply) or "", final, isinstance(reply, PaymentDeclined))
 
 
-def publish(rt: Runtime, dispatches: Sequence[Dispatch]) -> None:
-    """Send the committed dispatches; what the broker refused is left to the sweeper."""
-    failed = rt.publisher.publish(dispatches)
+def publish(rt: Runtime, dispatches: Sequence[Dispatch],
+            orders: int | Mapping[int, int] | None = None) -> None:
+    """Send the committed dispatches; what the broker refused is left to the sweeper. `orders`: the order of
+    every dispatch's saga (one order id, or saga id -> order id), for Flower to show and find."""
+    if isinstance(orders, int):
+        orders = {saga_id: orders for saga_id, _ in dispatches}
+    failed = rt.publisher.publish(dispatches, orders)
     if not failed:
         return
     try:

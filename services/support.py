@@ -135,7 +135,7 @@ def _perform(rt: Runtime, cmd: SupportAction) -> ActionResult:
         audit_id = write_audit(conn, now, cmd.actor, cmd.action.value, cmd.reason, saga_id=cmd.saga_id,
                                step=cmd.step or failing_step(saga), bulk_token=cmd.bulk_token,
                                state_before=before, state_after=after, outcome="done", detail=outcome.detail)
-    publish(rt, outcome.dispatches)
+    publish(rt, outcome.dispatches, saga.order_id)
     return ActionResult(cmd.saga_id, cmd.action.value, before, after, audit_id, outcome.started_saga_id)
 
 

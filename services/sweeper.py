@@ -46,7 +46,8 @@ def dispatch_due(rt: Runtime) -> int:
     with rt.db.transaction() as conn:
         due = repo.due_dispatches(conn, now, now - timedelta(seconds=rt.settings.redispatch_after_s), BATCH)
         repo.mark_dispatched(conn, due, now)
-    publish(rt, due)
+        orders = repo.orders_of_sagas(conn, {saga_id for saga_id, _ in due}) if due else {}
+    publish(rt, due, orders)
     return len(due)
 
 
@@ -72,6 +73,6 @@ def recover(rt: Runtime, saga_id: int, step: str) -> str:
             return "parked"
         lost = StepFailed(step, error, jitter=jitter(), uncertain=True)  # the call may have been made
         dispatches = executor.handle(lost, StepStatus.FAILED)
-    publish(rt, dispatches)
+    publish(rt, dispatches, saga.order_id)
     return "recovered"
 

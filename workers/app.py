@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -18,15 +18,14 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from infra import metrics
+from infra import metrics, tracing
 from infra.broker import REQUEST_ID, make_celery, task_name
 from infra.config import Settings
 from infra.logs import configure_logging, log_context
 from infra.providers import ProviderReply
-from saga.definition import SagaDefinition
 from services.effects import StepEffects
-from services.runtime import Runtime, build_runtime, configured_definitions
-from services.steps import run_step
+from services.runtime import Runtime, build_runtime, configured_definitions, provider_steps
+from services.steps import StepAttemptFailed, run_task
 from services.sweeper import sweep
 from workers.heartbeat import Heartbeat
 from workers.sweeper_loop import SweeperLoop
@@ -106,11 +105,6 @@ def lower_priority(nice: int) -> None:
         log.info("worker CPU priority lowered by %d (WORKER_NICE)", nice)
 
 
-def provider_steps(definitions: Iterable[SagaDefinition]) -> list[str]:
-    """Every step, in every saga definition, that calls a provider and so travels as a task."""
-    return sorted({s.name for d in definitions for s in d.all_steps if not s.is_local})
-
-
 def create_celery(settings: Settings | None = None) -> Celery:
     """Build the Celery app and register the step tasks and the sweeper on it."""
     settings = settings or Settings.from_env()
@@ -120,6 +114,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
     worker_init.connect(lambda **_: lower_priority(settings.worker_nice), weak=False)
     worker_init.connect(lambda **_: metrics.serve(settings.worker_metrics_port), weak=False)
     worker_process_init.connect(holder.reset, weak=False)
+    worker_init.connect(lambda sender=None, **_: _trace_worker(settings, sender), weak=False)
+    worker_process_init.connect(lambda **_: tracing.configure(settings, "bookmarket-worker"), weak=False)
     worker_shutting_down.connect(holder.drain, weak=False)
     setup_logging.connect(lambda loglevel=None, **_: configure_logging(settings.log_format, loglevel or "INFO"),
                           weak=False)
@@ -134,7 +130,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         worker_ready.connect(loop.start, weak=False)
         worker_shutdown.connect(loop.stop, weak=False)
 
-    @app.task(name="saga.sweep", ignore_result=True, acks_late=False)
+    @app.task(name="saga.sweep", ignore_result=True, acks_late=False, shared=False)
     def sweep_task() -> dict[str, int]:
         report = sweep(holder.get())
         return {"dispatched": report.dispatched, "recovered": report.recovered, "parked": report.parked}
@@ -150,11 +146,21 @@ def request_id(task: Task) -> str | None:
     return str(found) if found else None
 
 
+def _trace_worker(settings: Settings, worker: Any) -> None:
+    """Tracing once per worker process: now on the thread pool; in each child, after the fork, on prefork (the
+    batch span processor's thread does not survive a fork)."""
+    pool = str(getattr(worker, "pool_cls", "prefork"))
+    if "prefork" not in pool and "processes" not in pool:
+        tracing.configure(settings, "bookmarket-worker")
+
+
 def _register_step(app: Celery, holder: _Holder, step: str) -> None:
     def run(task: Task, saga_id: int) -> str:
+        tracing.tag_task(int(saga_id), step)
         with log_context(request_id=request_id(task)):
-            return run_step(holder.get(), int(saga_id), step, task.request.id)
+            return run_task(holder.get(), int(saga_id), step, task.request.id)
 
     run.__name__ = f"run_{step}"
-    run.__doc__ = f"Run step {step!r} of a saga (ids only; a repeat does nothing)."
-    app.task(name=task_name(step), bind=True)(run)
+    run.__doc__ = (f"Run step {step!r} of a saga (ids only; a repeat does nothing). A failed attempt, once recorded, "
+                   "raises StepAttemptFailed: an expected error (no traceback), acknowledged, never retried by Celery.")
+    app.task(name=task_name(step), bind=True, throws=(StepAttemptFailed,), shared=False)(run)  # on this app only

@@ -168,8 +168,9 @@ def _stop_everything(up: subprocess.Popen[bytes]) -> None:
 def _flower_tasks(flower_port: int, saga_ids: list[int]) -> dict | None:
     """A successful saga.pay task Flower recorded for one of saga_ids, if any."""
     tasks = _json(f"http://127.0.0.1:{flower_port}/api/tasks?taskname=saga.pay") or {}
-    wanted = {f"[{saga_id}]" for saga_id in saga_ids}
-    return next((t for t in tasks.values() if t.get("args") in wanted and t.get("state") == "SUCCESS"), None)
+    wanted = {f"saga={saga_id}" for saga_id in saga_ids}  # its arguments read "saga=12 order=34 step=pay"
+    return next((t for t in tasks.values() if str(t.get("args")).split(" ")[0] in wanted
+                 and t.get("state") == "SUCCESS"), None)
 
 
 def _json(url: str) -> dict | None:

@@ -31,7 +31,7 @@ class RecordingPublisher:
         self.fail = fail
         self.sent: list[tuple[int, str]] = []
 
-    def publish(self, dispatches: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
+    def publish(self, dispatches: Sequence[tuple[int, str]], orders: Any = None) -> list[tuple[int, str]]:
         """Record the dispatches; answer them all as failed when `fail` is set, none otherwise."""
         batch = [(int(saga_id), str(step)) for saga_id, step in dispatches]
         if self.fail:

@@ -35,7 +35,7 @@ CHART = ROOT / "helm" / "bookmarket"
 KUBE_VERSION = "1.30.0"
 RELEASE, NAMESPACE = "demo", "shop"
 
-SECRET_NAMES = {"DATABASE_URL", "REDIS_URL", "BOOKMARKET_TOKENS"}
+SECRET_NAMES = {"DATABASE_URL", "REDIS_URL", "BOOKMARKET_TOKENS", "FLOWER_BASIC_AUTH"}
 # The API tokens the tests give compose (from the shell, as compose interpolates them) and the chart (a value).
 SHELL_ENV = {"BOOKMARKET_TOKENS": "storefront=compose-storefront-token,support=compose-support-token"}
 CHART_TOKENS = f"storefront=chart-storefront-token,support:ops=sha256:{'ab' * 32}"
