@@ -79,6 +79,11 @@ class JsonFormatter(logging.Formatter):
             "process": record.process, "thread": record.threadName,
         }
         line.update((k, v) for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_"))
+        data = line.get("data")
+        if isinstance(data, dict) and "traceback" in data and not record.exc_info:
+            # Celery hands every task error's traceback to its log call in `extra`, and prints it only when its
+            # policy says so: an expected error (a task's `throws`) is logged without one, here too.
+            line["data"] = {k: v for k, v in data.items() if k != "traceback"}
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)

@@ -220,6 +220,26 @@ def test_a_json_line_holds_the_message_the_context_the_extra_fields_and_the_exce
     assert line["provider"] == "payment" and "ValueError: boom" in line["exc"] and line["ts"].endswith("+00:00")
 
 
+def test_celerys_traceback_in_extra_is_left_out_when_the_line_has_no_exception() -> None:
+    """Celery passes every task error's traceback in `extra` and prints it only when its policy says so (not for
+    a task's expected `throws`); a line with the exception itself keeps it."""
+    stream = io.StringIO()
+    log = logging.getLogger("tests.json.celery")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler("json", stream))
+    data = {"id": "t1", "traceback": "Traceback (most recent call last): ...", "description": "raised expected"}
+    log.info("Task %(id)s raised expected", data, extra={"data": data})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.error("Task %(id)s raised unexpected", data, exc_info=True, extra={"data": data})
+    expected, unexpected = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert "traceback" not in expected["data"] and "Traceback" not in json.dumps(expected)
+    assert expected["data"]["description"] == "raised expected"
+    assert "traceback" in unexpected["data"] and "ValueError: boom" in unexpected["exc"]
+
+
 def test_a_text_line_ends_with_the_context_fields() -> None:
     made = record()
     made.saga_id, made.step = 3, "pay"  # type: ignore[attr-defined]
