@@ -149,9 +149,9 @@ class PostgresServer:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-@pytest.fixture(scope="session")
-def chaos_postgres() -> Iterator[PostgresServer]:
-    """One throwaway PostgreSQL cluster for the chaos session (each scenario creates its own database)."""
+@contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster, started, and destroyed afterwards."""
     server = PostgresServer()
     try:
         server.init()
@@ -159,6 +159,13 @@ def chaos_postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.destroy()
+
+
+@pytest.fixture(scope="session")
+def chaos_postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the chaos session (each scenario creates its own database)."""
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from api.app import create_app
 from cli.main import gunicorn_api
 from infra.config import Settings
 from infra.migrate import upgrade
-from tests.chaos.conftest import PostgresServer
+from tests.chaos.conftest import PostgresServer, running_postgres
 from tests.integration.conftest import build_stack, stack_env
 from tests.support import (
     ROOT,
@@ -95,13 +95,8 @@ def test_readiness_fails_within_its_bound_while_redis_is_stopped_or_frozen_and_r
 
 @pytest.fixture(scope="module")
 def throwaway_postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.init()
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.destroy()
 
 
 def postgres_processes(server: PostgresServer) -> list[psutil.Process]:
