@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import configparser
 import fnmatch
-import importlib.util
 import json
 import re
 import shlex
@@ -193,7 +192,7 @@ def test_the_shared_compose_env_points_at_the_compose_services() -> None:
 
 def test_compose_runs_the_documented_bookmarket_commands() -> None:
     services = compose()["services"]
-    parsed = {name: bookmarket_args(as_argv(services[name]["command"])) for name in BOOKMARKET_SERVICES - {"flower"}}
+    parsed = {name: bookmarket_args(as_argv(services[name]["command"])) for name in BOOKMARKET_SERVICES}
     assert parsed["migrate"].command == "migrate"
     assert (parsed["api"].command, parsed["api"].bind, parsed["api"].port) == ("api", "0.0.0.0", 8080)
     assert (parsed["worker"].command, parsed["worker"].threads, parsed["worker"].beat) == ("worker", WORKER_THREADS,
@@ -232,10 +231,10 @@ def test_compose_keeps_the_sandbox_ledgers_in_a_volume() -> None:
     assert mounted_at == folder and volume in data["volumes"]
 
 
-def test_compose_runs_flower_on_the_celery_app_with_its_api_open_on_5555() -> None:
+def test_compose_runs_flower_as_bookmarket_flower_with_its_api_open_on_5555() -> None:
     flower = compose()["services"]["flower"]
-    assert as_argv(flower["command"]) == ["celery", "-A", "workers.main", "flower", "--port=5555"]
-    assert importlib.util.find_spec("workers.main") is not None
+    args = bookmarket_args(as_argv(flower["command"]))
+    assert (args.command, args.bind, args.port) == ("flower", "0.0.0.0", 5555)
     assert flower["environment"]["FLOWER_UNAUTHENTICATED_API"] == "true"
     assert "5555:5555" in flower["ports"]
 
@@ -519,9 +518,9 @@ def test_each_deployment_runs_its_bookmarket_command(chart: helm_python.Chart, c
     assert bookmarket_args(command).command == component
 
 
-def test_the_flower_deployment_runs_celery_flower_with_its_api_open(chart: helm_python.Chart) -> None:
+def test_the_flower_deployment_runs_bookmarket_flower_with_its_api_open(chart: helm_python.Chart) -> None:
     container = pod_spec(one(render(chart), "Deployment", "flower"))["containers"][0]
-    assert container["command"] == ["celery", "-A", "workers.main", "flower", "--port=5555"]
+    assert container["command"] == ["bookmarket", "flower", "--bind", "0.0.0.0", "--port", "5555"]
     assert {"name": "FLOWER_UNAUTHENTICATED_API", "value": "true"} in container["env"]
     assert container["ports"][0]["containerPort"] == 5555
 
