@@ -3,18 +3,15 @@ API served by werkzeug in a thread on an Engine (SQLite, fake providers, fake cl
 states. Without Chromium these tests fail: `.ci/run` installs it (apt-get install chromium)."""
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
-from werkzeug.serving import make_server
 
-from api.app import create_app
 from tests.support import ROOT, TEST_TOKENS
-from tests.unit.engine_fakes import Engine, engine_fixture
+from tests.unit.engine_fakes import Engine, engine_fixture, served
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "var" / "screenshots"
@@ -36,16 +33,6 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
     yield from engine_fixture(tmp_path, request)
-
-
-@pytest.fixture
-def url(engine: Engine) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, create_app(engine.rt.settings, runtime=engine.rt), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
 
 
 class Console:
@@ -76,7 +63,10 @@ class Console:
 
 
 @pytest.fixture
-def console_of(browser: Browser, url: str) -> Iterator[Any]:
+def console_of(browser: Browser, engine: Engine) -> Iterator[Any]:
+    """Opens console tabs (laptop or phone size) on the API served on `engine`."""
+    server = served(engine)
+    url = next(server)
     contexts = []
 
     def open_(viewport: str = "laptop") -> Console:
@@ -87,3 +77,4 @@ def console_of(browser: Browser, url: str) -> Iterator[Any]:
     yield open_
     for context in contexts:
         context.close()
+    server.close()  # served()'s finally: shuts the server down
