@@ -70,7 +70,7 @@ def console_of(browser: Browser, engine: Engine) -> Iterator[Any]:
     contexts = []
 
     def open_(viewport: str = "laptop") -> Console:
-        context = browser.new_context(viewport=VIEWPORTS[viewport])  # type: ignore[arg-type]
+        context = browser.new_context(viewport=VIEWPORTS[viewport], timezone_id="UTC")  # type: ignore[arg-type]
         contexts.append(context)
         return Console(context.new_page(), url)
 
