@@ -24,6 +24,16 @@ def parked(engine: Engine, customer_id: int = 7) -> int:
     return placed.saga_id
 
 
+def on_a_parked_saga(console_of: Any, engine: Engine, role: str = "support") -> tuple[Any, int]:
+    """A console logged in as `role` on the page of a saga parked FAILED on pay."""
+    saga_id = parked(engine)
+    console = console_of()
+    console.logged_in(role)
+    console.go(f"#/sagas/{saga_id}")
+    expect(console.page.locator("#saga-title")).to_contain_text("FAILED:pay")
+    return console, saga_id
+
+
 def confirm(page: Any, reason: str) -> None:
     dialog = page.locator("#confirm")
     expect(dialog).to_be_visible()
@@ -76,10 +86,7 @@ def test_find_a_failed_saga_retry_it_and_see_it_completed(console_of: Any, engin
 
 
 def test_skip_a_step_with_a_reason_and_read_it_in_the_audit_log(console_of: Any, engine: Engine) -> None:
-    saga_id = parked(engine)
-    console = console_of()
-    console.logged_in("support")
-    console.go(f"#/sagas/{saga_id}")
+    console, saga_id = on_a_parked_saga(console_of, engine)
     page = console.page
     page.get_by_role("button", name="skip", exact=True).click()
     page.locator("#confirm").get_by_role("button", name="Cancel").click()
@@ -92,15 +99,11 @@ def test_skip_a_step_with_a_reason_and_read_it_in_the_audit_log(console_of: Any,
     expect(audit).to_contain_text("skip")
     expect(audit).to_contain_text("charged by hand, ticket 1234")
     expect(audit).to_contain_text("done")
-
     assert console.errors == []
 
 
 def test_a_refused_action_shows_the_409s_detail(console_of: Any, engine: Engine) -> None:
-    saga_id = parked(engine)
-    console = console_of()
-    console.logged_in("support")
-    console.go(f"#/sagas/{saga_id}")
+    console, saga_id = on_a_parked_saga(console_of, engine)
     page = console.page
     expect(page.get_by_role("button", name="skip", exact=True)).to_be_visible()
     answer = requests.post(f"{console.url}/admin/sagas/{saga_id}/retry", json={"reason": "someone else did"},
@@ -143,13 +146,9 @@ def test_a_bulk_dry_run_counts_then_runs_with_progress(console_of: Any, engine: 
 
 
 def test_a_viewer_sees_no_action_buttons(console_of: Any, engine: Engine) -> None:
-    saga_id = parked(engine)
-    console = console_of()
-    console.logged_in("viewer")
+    console, _ = on_a_parked_saga(console_of, engine, "viewer")
     page = console.page
     expect(page.locator("#who-name")).to_contain_text("read only")
-    console.go(f"#/sagas/{saga_id}")
-    expect(page.locator("#saga-title")).to_contain_text("FAILED:pay")
     expect(page.locator("#timeline li")).not_to_have_count(0)
     expect(page.locator("#saga-actions button")).to_have_count(0)
     console.go("#/bulk")
