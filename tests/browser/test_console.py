@@ -189,3 +189,32 @@ def test_screenshots_of_each_main_view(console_of: Any, engine: Engine, viewport
     expect(page.locator("#bulk-count")).to_have_attribute("data-total", "2")
     console.screenshot(f"bulk-{viewport}")
     assert console.errors == []
+
+
+def test_keyboard_only_login_open_a_saga_and_an_action_dialog(console_of: Any, engine: Engine) -> None:
+    saga_id = parked(engine)
+    console = console_of()
+    page = console.page
+    page.goto(f"{console.url}/console")
+    expect(page.locator("#token")).to_be_focused()
+    page.keyboard.type("support-test-token")
+    page.keyboard.press("Enter")
+    link = page.get_by_role("link", name=f"#{saga_id}")
+    expect(link).to_be_visible()
+    for _ in range(40):  # Tab through the page until the saga's link has the focus
+        if link.evaluate("el => el === document.activeElement"):
+            break
+        page.keyboard.press("Tab")
+    expect(link).to_be_focused()
+    outline = link.evaluate("el => getComputedStyle(el).outlineStyle")
+    assert outline == "solid", "the focused link shows a focus ring"
+    page.keyboard.press("Enter")
+    expect(page.locator("#saga-title")).to_contain_text("FAILED:pay")
+    retry = page.get_by_role("button", name="retry", exact=True)
+    retry.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#confirm-reason")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert engine.saga(saga_id).status == "FAILED"
+    assert console.errors == []
