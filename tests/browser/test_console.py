@@ -102,6 +102,21 @@ def test_skip_a_step_with_a_reason_and_read_it_in_the_audit_log(console_of: Any,
     assert console.errors == []
 
 
+def test_resume_from_a_chosen_step(console_of: Any, engine: Engine) -> None:
+    console, saga_id = on_a_parked_saga(console_of, engine)
+    page = console.page
+    page.get_by_role("button", name="resume", exact=True).click()
+    dialog = page.locator("#confirm")
+    expect(dialog.get_by_label("Step")).to_be_visible()
+    dialog.get_by_label("Step").select_option("pay")
+    confirm(page, "provider fixed, run it from pay")
+    expect(page.locator("#outcome")).to_contain_text("resume done: FAILED:pay → RUNNING")
+    expect(page.locator("#audit-table tbody tr").first).to_contain_text("pay")
+    engine.settle()
+    assert engine.saga(saga_id).status == "COMPLETED"
+    assert console.errors == []
+
+
 def test_a_refused_action_shows_the_409s_detail(console_of: Any, engine: Engine) -> None:
     console, saga_id = on_a_parked_saga(console_of, engine)
     page = console.page
