@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 # The fast tier (tests/unit: in process, SQLite, fakes) alone must cover services/ at 90 % or more.
 FAST = $(BIN)/python -m pytest tests/unit --cov=services --cov-report=term-missing:skip-covered --cov-fail-under=90
 
-.PHONY: install run test test-fast test-unit migrate clean
+.PHONY: install run test test-fast test-unit test-browser migrate clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,15 @@ test: install
 	$(BIN)/mypy --strict domain saga
 	$(BIN)/mypy services infra api workers cli
 	$(FAST)
+	# every other tier, tests/browser included (the console in /usr/bin/chromium; they fail without it)
 	$(BIN)/python -m pytest tests --ignore=tests/unit
 
 test-fast test-unit: install
 	$(FAST)
+
+# the console in headless Chromium alone; screenshots in var/screenshots/
+test-browser: install
+	$(BIN)/python -m pytest tests/browser
 
 migrate: install
 	$(BIN)/bookmarket migrate

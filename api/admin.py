@@ -17,9 +17,11 @@ from api.admin_schemas import (
     BulkProgressSchema,
     BulkRunSchema,
     CountsSchema,
+    DefinitionSchema,
     SagaFilterSchema,
     SagaSummarySchema,
     TimelineSchema,
+    WhoamiSchema,
 )
 from api.auth import current_principal, requires
 from api.views import ID, runtime
@@ -45,6 +47,29 @@ def saga_filter(query: dict[str, Any]) -> SagaFilter:
                       failing_step=query.get("failing_step"), error=query.get("error"),
                       order_id=query.get("order_id"), customer_id=query.get("customer_id"),
                       since=query.get("since"), until=query.get("until"))
+
+
+@admin.route("/whoami")
+class Whoami(MethodView):
+    @requires("viewer")
+    @admin.response(200, WhoamiSchema)
+    def get(self) -> Any:
+        """The caller: its token's name and role (the console shows actions to support only)."""
+        who = actor()
+        return {"name": who.name, "role": who.role}
+
+
+@admin.route("/definitions")
+class Definitions(MethodView):
+    @requires("viewer")
+    @admin.response(200, DefinitionSchema(many=True))
+    def get(self) -> Any:
+        """Each saga kind's steps, in order, with the compensation that undoes each, and its compensations."""
+        return [{"kind": d.kind, "version": d.version,
+                 "steps": [{"name": s.name, "provider": s.provider, "compensation": s.compensation,
+                            "best_effort": s.best_effort} for s in d.steps],
+                 "compensations": [c.name for c in d.compensations]}
+                for d in runtime().definitions.values()]
 
 
 @admin.route("/sagas")

@@ -151,3 +151,22 @@ class BulkRunSchema(Schema):
 class AuditQuerySchema(Schema):
     saga_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
     bulk_token = fields.String(validate=validate.Length(1, 64))
+
+
+class WhoamiSchema(Schema):
+    name = fields.String()
+    role = fields.String(metadata={"enum": ["support", "viewer"]})
+
+
+class DefinitionStepSchema(Schema):
+    name = fields.String()
+    provider = fields.String(allow_none=True, metadata={"description": "null: a change to our database only"})
+    compensation = fields.String(allow_none=True, metadata={"description": "the step that undoes it"})
+    best_effort = fields.Boolean()
+
+
+class DefinitionSchema(Schema):
+    kind = fields.String()
+    version = fields.Integer()
+    steps = fields.List(fields.Nested(DefinitionStepSchema))
+    compensations = fields.List(fields.String(), metadata={"description": "the steps of the undoing phase"})

@@ -6,6 +6,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from api.admin import admin
 from api.auth import NO_TOKENS, NoTokens, protect
+from api.console import console
 from api.metrics import metrics_blueprint
 from api.problems import ProblemApi, register_problem_handlers
 from api.request_ids import track_request_ids
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     api.register_blueprint(blp)
     api.register_blueprint(admin)
     api.register_blueprint(metrics_blueprint(settings.metrics_role))
+    app.register_blueprint(console)
     register_problem_handlers(app)
     protect(app, api, settings.api_tokens)
     tracing.configure(settings, "bookmarket-api", flask_app=app)

@@ -352,3 +352,22 @@ def engine_fixture(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[E
     engine = make_engine(tmp_path, **getattr(request, "param", {}))
     yield engine
     engine.rt.close()
+
+
+def served(engine: Engine) -> Iterator[str]:
+    """The API on the engine, served by werkzeug in a thread on a free port: yields its base URL (the body of a
+    `url` fixture for tests that talk HTTP to it: `bookmarket sagas`, the console in a browser)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from api.app import create_app
+
+    server = make_server("127.0.0.1", 0, create_app(engine.rt.settings, runtime=engine.rt), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(5)

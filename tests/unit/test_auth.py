@@ -124,7 +124,8 @@ def test_storefront_and_support_place_read_and_cancel_orders(client: FlaskClient
     assert client.get("/books", headers=bearer(role)).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/health", "/health/live", "/healthz", "/readyz", "/openapi.json", "/docs"])
+@pytest.mark.parametrize("path", ["/health", "/health/live", "/healthz", "/readyz", "/openapi.json", "/docs",
+                                  "/console", "/console/static/console.js"])
 def test_health_probes_and_the_api_documentation_need_no_token(client: FlaskClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code in (200, 503)  # /health, /readyz: 503, no broker here
@@ -244,7 +245,7 @@ def test_openapi_declares_the_bearer_scheme_and_each_operations_roles_and_401_40
             "description"]}
     operations = {(method.upper(), path): op for path, item in spec["paths"].items()
                   for method, op in item.items() if method != "parameters"}
-    assert len(operations) == 20
+    assert len(operations) == 22  # with GET /admin/whoami and /admin/definitions
     for (method, path), op in operations.items():
         if path.startswith("/health") or path in ("/readyz", "/metrics"):  # /metrics: open unless METRICS_ROLE
             assert "security" not in op and "x-roles" not in op, path

@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
-from api.app import create_app
 from cli.main import parser
 from cli.sagas import run
 from tests.support import TEST_TOKENS
-from tests.unit.engine_fakes import Engine, engine_fixture
+from tests.unit.engine_fakes import Engine, engine_fixture, served
 from tests.unit.test_support import parked_on_pay
 
 
@@ -24,11 +21,7 @@ def engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
 
 @pytest.fixture
 def url(engine: Engine) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, create_app(engine.rt.settings, runtime=engine.rt), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    yield from served(engine)
 
 
 def sagas(url: str, *argv: str, answer: str = "y") -> tuple[int, str, str]:
