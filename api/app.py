@@ -10,7 +10,7 @@ from api.console import console
 from api.metrics import metrics_blueprint
 from api.problems import ProblemApi, register_problem_handlers
 from api.request_ids import track_request_ids
-from api.security_headers import secure_responses
+from api.security_headers import bound_request_bodies, secure_responses
 from api.views import blp
 from infra import tracing
 from infra.config import Settings
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.extensions["bookmarket.readiness"] = Readiness.of(runtime, settings.readiness_timeout_s)
     track_request_ids(app)
     secure_responses(app)
+    bound_request_bodies(app, settings.max_body_bytes)
     api = ProblemApi(app)
     api.register_blueprint(blp)
     api.register_blueprint(admin)

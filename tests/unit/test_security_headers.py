@@ -1,6 +1,8 @@
 """Every answer says: no sniffing, no framing, no referrer; data answers allow no content at all."""
 from __future__ import annotations
 
+import io
+
 from flask.testing import FlaskClient
 
 from api.app import create_app
@@ -38,3 +40,24 @@ def test_pages_keep_their_own_policy(runtime: Runtime) -> None:
     docs = client.get("/docs")
     assert_secured(docs)
     assert "Content-Security-Policy" not in docs.headers  # Swagger UI's page runs its own inline script
+
+
+def test_a_body_over_the_limit_answers_413_before_it_is_read(runtime: Runtime) -> None:
+    client = client_of(runtime)
+    response = client.post("/orders", data=b"{" + b" " * runtime.settings.max_body_bytes + b"}",
+                           content_type="application/json")
+    assert response.status_code == 413 and response.mimetype == "application/problem+json"
+    body = io.BytesIO(b"{}")  # says 60 MB and holds two bytes: answered from the header, the body never read
+    response = client.post("/orders", input_stream=body, content_type="application/json",
+                           environ_overrides={"CONTENT_LENGTH": str(60 * 1024 * 1024)})
+    assert response.status_code == 413 and response.get_json()["status"] == 413
+    assert body.tell() == 0
+
+
+def test_a_body_that_is_not_json_answers_415(runtime: Runtime) -> None:
+    client = client_of(runtime)
+    response = client.post("/orders", data="customer_id=1", content_type="text/plain")
+    assert response.status_code == 415 and response.mimetype == "application/problem+json"
+    assert "must be JSON" in response.get_json()["detail"]
+    assert client.post("/orders", json={"customer_id": 1, "book_id": 1, "qty": 1}).status_code == 202
+    assert client.post("/orders/999/cancel").status_code == 404  # no body: no content type needed
