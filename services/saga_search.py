@@ -144,7 +144,9 @@ def timeline(rt: Runtime, saga_id: int) -> dict[str, Any]:
     kept = saga_timeline(rt, saga_id)
     with rt.db.reading() as conn:
         saga = repo.load_saga(conn, saga_id)
-        customer_id = conn.execute(sa.select(orders.c.customer_id).where(orders.c.id == kept.order_id)).scalar()
+        customer_id, recoveries = conn.execute(
+            sa.select(orders.c.customer_id, sagas.c.recoveries).select_from(_FROM).where(sagas.c.id == saga_id)
+        ).one()
         audit = [dict(r._mapping) for r in conn.execute(
             sa.select(audit_log).where(audit_log.c.saga_id == saga_id).order_by(audit_log.c.id))]
     if saga is None:
@@ -156,7 +158,7 @@ def timeline(rt: Runtime, saga_id: int) -> dict[str, Any]:
         entry["attempts_list"] = [_with_flower_link(asdict(a), rt.settings.flower_url) for a in step.history]
         steps.append(entry)
     body = {k: v for k, v in asdict(kept).items() if k != "steps"}
-    body.update(customer_id=customer_id, recoveries=_recoveries(rt, saga_id), state=state_label(saga), steps=steps,
+    body.update(customer_id=customer_id, recoveries=int(recoveries or 0), state=state_label(saga), steps=steps,
                 audit=audit, actions=allowed_actions(definition, saga),
                 state_changes=_state_changes(definition, body, steps, audit))
     return body
@@ -167,11 +169,6 @@ def _with_flower_link(attempt: dict[str, Any], flower_url: str) -> dict[str, Any
     task_id = attempt.get("task_id")
     attempt["flower_url"] = f"{flower_url}/task/{task_id}" if flower_url and task_id else None
     return attempt
-
-
-def _recoveries(rt: Runtime, saga_id: int) -> int:
-    with rt.db.reading() as conn:
-        return int(conn.execute(sa.select(sagas.c.recoveries).where(sagas.c.id == saga_id)).scalar() or 0)
 
 
 def _state_changes(definition: Any, saga: dict[str, Any], steps: list[dict[str, Any]],
