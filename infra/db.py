@@ -113,6 +113,13 @@ class Database:
             yield conn
 
     @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection whose statements commit one by one (PostgreSQL: a single statement needs no BEGIN and
+        COMMIT round trips and is atomic by itself). Only for work that is one statement."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
+
+    @contextmanager
     def reading(self) -> Iterator[Connection]:
         """A read-only transaction (on SQLite it does not take the write lock)."""
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:

@@ -78,6 +78,68 @@ def add_order(conn: Connection, order: Order, idempotency_key: str | None) -> in
 _INSERT_ORDER = orders.insert().returning(orders.c.id)
 
 
+@dataclass(frozen=True)
+class PlacedRow:
+    order_id: int
+    saga_id: int
+    title: str
+    amount_cents: int
+
+
+def place_order_at_once(conn: Connection, definition: SagaDefinition, order: Order, idempotency_key: str | None,
+                        now: datetime, dispatched: str) -> PlacedRow | None:
+    """PostgreSQL: the order, its saga, a row per forward step (`dispatched` due now and marked sent) and its
+    read-model row in ONE statement (data-modifying CTEs), priced from the book in the same statement; None when
+    the book does not exist. Run on an autocommit connection it is one round trip and atomic by itself; on SQLite
+    the same rows are written by add_order, create_saga and add_customer_order (the same tests cover both)."""
+    row = _place_statement(definition, dispatched).run(conn, {
+        "p_customer": order.customer_id, "p_book": order.book_id, "p_qty": order.qty,
+        "p_status": order.status.value, "p_key": idempotency_key, "p_now": now,
+        "p_order_created": order.created_at, "p_order_updated": order.updated_at,
+    }).first()
+    return PlacedRow(row.order_id, row.saga_id, row.title, row.amount_cents) if row else None
+
+
+# by definition (its id, with the definition kept so the id is not reused) and first step
+_PLACE_STATEMENTS: dict[tuple[int, str], tuple[SagaDefinition, FastStatement]] = {}
+
+
+def _place_statement(definition: SagaDefinition, dispatched: str) -> FastStatement:
+    known = _PLACE_STATEMENTS.get((id(definition), dispatched))
+    if known is None or known[0] is not definition:
+        known = _PLACE_STATEMENTS[(id(definition), dispatched)] = (
+            definition, _build_place_statement(definition, dispatched))
+    return known[1]
+
+
+def _build_place_statement(definition: SagaDefinition, dispatched: str) -> FastStatement:
+    steps = ", ".join(f"(:n{i}, {i}, :m{i}, :d{i})" for i in range(len(definition.steps)))
+    params: dict[str, Any] = {"p_kind": definition.kind, "p_version": definition.version,
+                              "p_running": SagaStatus.RUNNING.value, "p_pending": StepStatus.PENDING.value}
+    for i, step in enumerate(definition.steps):
+        params.update({f"n{i}": step.name, f"m{i}": step.retry.max_attempts, f"d{i}": step.name == dispatched})
+    sql = f"""
+WITH b AS (SELECT id, title, price_cents FROM books WHERE id = :p_book),
+o AS (INSERT INTO orders (customer_id, book_id, qty, amount_cents, status, idempotency_key, created_at, updated_at)
+      SELECT :p_customer, b.id, :p_qty, b.price_cents * :p_qty, :p_status, :p_key, :p_order_created,
+             :p_order_updated FROM b
+      RETURNING id, amount_cents),
+s AS (INSERT INTO sagas (kind, version, order_id, status, cancel_requested, recoveries, created_at, updated_at)
+      SELECT :p_kind, :p_version, o.id, :p_running, false, 0, :p_now, :p_now FROM o
+      RETURNING id),
+st AS (INSERT INTO saga_steps (saga_id, name, position, status, attempts, max_attempts, created_at, waited_s,
+                               available_at, dispatched_at)
+       SELECT s.id, v.name, v.position, :p_pending, 0, v.max_attempts, :p_now, 0,
+              CASE WHEN v.due THEN CAST(:p_now AS timestamptz) END, CASE WHEN v.due THEN CAST(:p_now AS timestamptz) END
+       FROM s, (VALUES {steps}) AS v (name, position, max_attempts, due)),
+c AS (INSERT INTO customer_orders (order_id, customer_id, book_id, title, qty, amount_cents, status, saga_id,
+                                   created_at, updated_at)
+      SELECT o.id, :p_customer, b.id, b.title, :p_qty, o.amount_cents, :p_status, s.id, :p_order_created,
+             :p_order_updated FROM o, s, b)
+SELECT o.id AS order_id, s.id AS saga_id, b.title, o.amount_cents FROM o, s, b"""
+    return FastStatement(sa.text(sql).bindparams(**params))
+
+
 def add_customer_order(conn: Connection, order: Order, title: str, saga_id: int) -> None:
     """The order's row in the customer's read model ("my orders"), linked to its saga."""
     conn.execute(customer_orders.insert(), {
@@ -420,6 +482,41 @@ def claim_step(conn: Connection, saga_id: int, name: str, now: datetime, lease_s
     result = _CLAIM_STEP.run(conn, {"b_saga": saga_id, "b_name": name, "b_now": now,
                                     "b_lease": now + timedelta(seconds=lease_s), "b_task": task_id}).first()
     return int(result[0]) if result else None
+
+
+# PostgreSQL: lock the saga, claim the step when the saga is in a phase the step runs in, and read the order's
+# context, in ONE statement (run on an autocommit connection: one round trip, the lock held for the statement).
+# The saga row comes back as it is once locked; the step's UPDATE rechecks a row changed meanwhile against its
+# newest version (PostgreSQL's EvalPlanQual), so a step the lock holder moved on is not claimed.
+_CLAIM_AT_ONCE = FastStatement(sa.text(f"""
+WITH s AS (SELECT id, kind, status, cancel_requested, order_id FROM sagas WHERE id = :b_saga FOR UPDATE),
+c AS (UPDATE saga_steps SET status = '{StepStatus.RUNNING.value}', attempts = saga_steps.attempts + 1,
+             started_at = :b_now, lease_until = :b_lease, task_id = :b_task, dispatched_at = NULL
+      FROM s
+      WHERE saga_steps.saga_id = s.id AND saga_steps.name = :b_name
+        AND saga_steps.status IN ({", ".join(f"'{status}'" for status in OPEN_FOR_CLAIM)})
+        AND saga_steps.attempts < saga_steps.max_attempts AND saga_steps.dispatched_at IS NOT NULL
+        AND (s.kind || ':' || s.status) = ANY(:b_phases)
+      RETURNING saga_steps.attempts)
+SELECT orders.*, books.title, payments.charge_ref, deliveries.shipment_ref, s.kind AS saga_kind,
+       s.status AS saga_status, s.cancel_requested AS saga_cancel_requested, (SELECT attempts FROM c) AS claimed
+FROM s JOIN orders ON orders.id = s.order_id JOIN books ON books.id = orders.book_id
+     LEFT JOIN payments ON payments.order_id = orders.id LEFT JOIN deliveries ON deliveries.order_id = orders.id
+"""))
+
+
+def claim_at_once(conn: Connection, saga_id: int, name: str, now: datetime, lease_s: float, task_id: str | None,
+                  phases: Sequence[str]) -> tuple[ClaimContext, int | None] | None:
+    """PostgreSQL: locked_saga_context and claim_step in one statement. phases: "kind:status" of the sagas the
+    step may run in (its definition's kind and the phase the step belongs to). None when there is no such saga;
+    otherwise what locked_saga_context reads and the attempt number, or None when the step was not claimed."""
+    row = _CLAIM_AT_ONCE.run(conn, {"b_saga": saga_id, "b_name": name, "b_now": now,
+                                    "b_lease": now + timedelta(seconds=lease_s), "b_task": task_id,
+                                    "b_phases": list(phases)}).first()
+    if row is None:
+        return None
+    found = ClaimContext(row.saga_kind, row.saga_status, bool(row.saga_cancel_requested), _context_from_row(row))
+    return found, (int(row.claimed) if row.claimed is not None else None)
 
 
 _CLOSE_STEP_UPDATE = (

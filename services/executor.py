@@ -202,13 +202,32 @@ def start_saga(conn: Connection, rt: Runtime, definition: SagaDefinition, order_
     The usual first decision, "run provider step X now", is written with the rows themselves (one statement
     fewer per order); any other goes through the executor."""
     metrics.saga_started(definition.kind)
+    first = first_dispatch(definition)
+    if first is not None:
+        saga = repo.create_saga(conn, definition, order_id, now, reason, dispatched=first)
+        return saga, [(saga.id, first)]
+    saga = repo.create_saga(conn, definition, order_id, now, reason)
+    return saga, Executor(conn, saga, now, rt).handle(Started())
+
+
+def first_dispatch(definition: SagaDefinition) -> str | None:
+    """The provider step a new saga of `definition` runs at once, when its first decision is just that."""
+    known = _FIRST_DISPATCH.get(id(definition))
+    if known is None or known[0] is not definition:
+        known = _FIRST_DISPATCH[id(definition)] = (definition, _first_dispatch(definition))
+    return known[1]
+
+
+# by definition (its id, with the definition kept so the id is not reused): decide() once per definition
+_FIRST_DISPATCH: dict[int, tuple[SagaDefinition, str | None]] = {}
+
+
+def _first_dispatch(definition: SagaDefinition) -> str | None:
     commands = decide(definition, SagaState(SagaStatus.RUNNING, {}), Started())
     first = commands[0] if len(commands) == 1 and isinstance(commands[0], RunStep) else None
     if first is not None and first.delay_s <= 0 and not definition.step(first.step).is_local:
-        saga = repo.create_saga(conn, definition, order_id, now, reason, dispatched=first.step)
-        return saga, [(saga.id, first.step)]
-    saga = repo.create_saga(conn, definition, order_id, now, reason)
-    return saga, Executor(conn, saga, now, rt).handle(Started())
+        return first.step
+    return None
 
 
 def jitter() -> float:

@@ -117,6 +117,8 @@ def run_attempts(rt: Runtime, saga_id: int, step: str, task_id: str | None = Non
 
 def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt | None:
     """Take the step if it is open and its saga is in the phase it belongs to (forward or compensating)."""
+    if rt.db.dialect == "postgresql":
+        return _claim_at_once(rt, saga_id, step, task_id)
     with rt.db.transaction() as conn:
         found = repo.locked_saga_context(conn, saga_id)
         if found is None:
@@ -132,6 +134,29 @@ def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt 
         assert provider is not None, f"{step} calls no provider"
         context = step_context(definition, rt.steps, saga_id, step, found.context, found.cancel_requested)
         return Attempt(context, number, provider, now)
+
+
+def _claim_at_once(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt | None:
+    """PostgreSQL: the same claim in one statement on an autocommit connection (one round trip, not four)."""
+    now = rt.clock()
+    with rt.db.autocommit() as conn:
+        claimed = repo.claim_at_once(conn, saga_id, step, now, rt.settings.step_lease_s, task_id,
+                                     _phases(rt.definitions, step))
+    if claimed is None:
+        return None
+    found, number = claimed
+    if number is None:
+        return None
+    definition = rt.definitions[found.kind]
+    provider = definition.step(step).provider
+    assert provider is not None, f"{step} calls no provider"
+    context = step_context(definition, rt.steps, saga_id, step, found.context, found.cancel_requested)
+    return Attempt(context, number, provider, now)
+
+
+def _phases(definitions: Mapping[str, SagaDefinition], step: str) -> list[str]:
+    """"kind:status" of every saga `step` may run in: each definition that has it, in the phase it belongs to."""
+    return [f"{d.kind}:{_phase(d, step)}" for d in definitions.values() if any(s.name == step for s in d.all_steps)]
 
 
 def _phase(definition: SagaDefinition, step: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,9 +25,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request: pytest.FixtureRequest, tmp_path: Path, postgres_server: str) -> Iterator[Database]:
     if request.param == "sqlite":
-        url, drop = sqlite_url_for(tmp_path), (lambda: None)
+        yield from _migrated(sqlite_url_for(tmp_path), lambda: None)
     else:
-        url, drop = create_pg_database(postgres_server)
+        yield from _migrated(*create_pg_database(postgres_server))
+
+
+def _migrated(url: str, drop: Callable[[], None]) -> Iterator[Database]:
     upgrade(url)
     database = Database.from_url(url)
     yield database
@@ -202,3 +205,57 @@ def test_a_locked_load_that_waited_for_the_lock_sees_the_steps_the_holder_commit
 def _load_locked(db: Database, saga_id: int) -> repo.SagaRecord | None:
     with db.transaction() as conn:
         return repo.load_saga(conn, saga_id, lock=True)
+
+
+@pytest.fixture
+def pg(postgres_server: str) -> Iterator[Database]:
+    yield from _migrated(*create_pg_database(postgres_server))
+
+
+def _claim_at_once(db: Database, saga_id: int, step: str = "pay",
+                   phases: tuple[str, ...] = ("order:RUNNING",)) -> tuple[repo.ClaimContext, int | None] | None:
+    with db.autocommit() as conn:
+        return repo.claim_at_once(conn, saga_id, step, utcnow(), 30, "task-1", phases)
+
+
+def test_the_one_statement_claim_takes_an_open_sent_step_once_and_only_in_its_phase(pg: Database) -> None:
+    saga = new_saga(pg)
+    assert _claim_at_once(pg, saga.id + 1000) is None  # no such saga
+    found, number = _claim_at_once(pg, saga.id, phases=("order:COMPENSATING", "cancel:RUNNING")) or (None, -1)
+    assert found is not None and number is None  # the saga is not in a phase `pay` runs in
+    assert _claim_at_once(pg, saga.id, "ship") == (found, None)  # ship was never sent
+    found, number = _claim_at_once(pg, saga.id) or (None, -1)
+    assert number == 1 and found is not None
+    assert (found.kind, found.status, found.cancel_requested) == ("order", "RUNNING", False)
+    assert (found.context.order.id, found.context.order.qty, found.context.title) == (saga.order_id, 2,
+                                                                                       found.context.title)
+    assert found.context.title and found.context.charge_ref is None
+    assert _claim_at_once(pg, saga.id) == (found, None)  # a repeated message takes nothing
+    with pg.reading() as conn:
+        pay = repo.load_saga(conn, saga.id)
+    assert pay is not None and (pay.steps["pay"].status, pay.steps["pay"].attempts) == ("RUNNING", 1)
+    with pg.reading() as conn:
+        task, sent = conn.execute(sa.text("SELECT task_id, dispatched_at FROM saga_steps WHERE saga_id = :s AND "
+                                          "name = 'pay'"), {"s": saga.id}).one()
+    assert (task, sent) == ("task-1", None)
+
+
+@pytest.mark.parametrize("holder_does", ["claims the step", "starts compensating"])
+def test_the_one_statement_claim_that_waited_for_the_lock_sees_what_the_holder_committed(
+        pg: Database, holder_does: str) -> None:
+    saga = new_saga(pg)
+    claimed: list[tuple[repo.ClaimContext, int | None] | None] = []
+    with pg.transaction() as holder:
+        assert repo.lock_saga(holder, saga.id)
+        waiter = threading.Thread(target=lambda: claimed.append(_claim_at_once(pg, saga.id)))
+        waiter.start()
+        time.sleep(0.3)  # the waiter's statement has started and waits for the saga lock
+        if holder_does == "claims the step":
+            assert repo.claim_step(holder, saga.id, "pay", utcnow(), 30, None) == 1
+        else:
+            holder.execute(sa.text("UPDATE sagas SET status = 'COMPENSATING' WHERE id = :s"), {"s": saga.id})
+    waiter.join(10)
+    assert claimed and claimed[0] is not None
+    found, number = claimed[0]
+    assert number is None
+    assert found.status == ("RUNNING" if holder_does == "claims the step" else "COMPENSATING")
