@@ -16,10 +16,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.pq import ExecStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ClauseElement
+
+_TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 class FastStatement:
@@ -62,21 +65,26 @@ def _as_sqlalchemy_error(conn: Connection, exc: psycopg.Error, sql: str, values:
 
 
 class _Rows:
-    """The few parts of SQLAlchemy's result the repository uses, over a psycopg cursor."""
+    """The few parts of SQLAlchemy's result the repository uses, over a psycopg cursor.
+
+    Whether rows came back is read off the result's status: psycopg builds a new list of column objects on every
+    read of `cursor.description` (profiled: an eighth of a worker's CPU in the step statements)."""
 
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
         self.rowcount: int = cursor.rowcount
-        if cursor.description is None:
+        result = cursor.pgresult
+        self._has_rows = result is not None and result.status == _TUPLES_OK
+        if not self._has_rows:
             cursor.close()
 
     def first(self) -> Any:
-        row = self._cursor.fetchone() if self._cursor.description else None
+        row = self._cursor.fetchone() if self._has_rows else None
         self._cursor.close()
         return row
 
     def all(self) -> Sequence[Any]:
-        rows = self._cursor.fetchall() if self._cursor.description else []
+        rows = self._cursor.fetchall() if self._has_rows else []
         self._cursor.close()
         return rows
 

@@ -252,14 +252,22 @@ def upsert(conn: Connection, table: sa.Table, key: dict[str, Any], values: dict[
            insert_only: dict[str, Any] | None = None) -> None:
     """Insert the row at `key`, or update it when it exists, in one statement (INSERT ... ON CONFLICT)."""
     statement = _upsert_statement(conn.dialect.name, table, tuple(key), tuple(values), tuple(insert_only or ()))
-    conn.execute(statement, {**key, **values, **(insert_only or {})})
+    statement.run(conn, {**key, **values, **(insert_only or {})})
 
 
 @functools.lru_cache(maxsize=64)
 def _upsert_statement(dialect: str, table: sa.Table, key: tuple[str, ...], values: tuple[str, ...],
-                      insert_only: tuple[str, ...]) -> Any:
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    return insert.on_conflict_do_update(index_elements=list(key), set_={c: insert.excluded[c] for c in values})
+                      insert_only: tuple[str, ...]) -> FastStatement:
+    columns = key + values + insert_only
+    # the Python-side defaults of the columns not given, as values of the statement itself (FastStatement binds
+    # what the compiled statement holds; SQLAlchemy would fill them in on each execution)
+    defaults = {c.name: c.default.arg for c in table.columns  # type: ignore[attr-defined]
+                if c.name not in columns and c.default is not None and c.default.is_scalar}
+    assert not any(c.default is not None and c.name not in columns and c.name not in defaults for c in table.columns)
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table).values(
+        {**{c: sa.bindparam(c, type_=table.c[c].type) for c in columns}, **defaults})
+    return FastStatement(
+        insert.on_conflict_do_update(index_elements=list(key), set_={c: insert.excluded[c] for c in values}))
 
 
 def save_payment(conn: Connection, order_id: int, **values: Any) -> None:
@@ -639,7 +647,13 @@ def skip_open_steps(conn: Connection, saga_id: int, now: datetime) -> None:
 
 def update_saga(conn: Connection, saga_id: int, **values: Any) -> None:
     values.setdefault("updated_at", utcnow())
-    conn.execute(sagas.update().where(sagas.c.id == saga_id).values(**values))
+    _update_saga_statement(tuple(values)).run(conn, {"b_saga": saga_id, **{f"v_{k}": v for k, v in values.items()}})
+
+
+@functools.lru_cache(maxsize=64)
+def _update_saga_statement(columns: tuple[str, ...]) -> FastStatement:
+    return FastStatement(sagas.update().where(sagas.c.id == sa.bindparam("b_saga")).values(
+        {c: sa.bindparam(f"v_{c}", type_=sagas.c[c].type) for c in columns}))
 
 
 def clear_dispatch(conn: Connection, keys: Sequence[tuple[int, str]]) -> None:
