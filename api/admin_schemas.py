@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from api.schemas import INT32_MAX, StepSchema
+from api.schemas import INT32_MAX, RequestSchema, StepSchema, text
 
 SAGA_STATUSES = ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "FAILED"]
 ACTIONS = ["retry", "resume", "skip", "compensate", "cancel"]
@@ -11,12 +11,11 @@ ACTIONS = ["retry", "resume", "skip", "compensate", "cancel"]
 
 class SagaFilterSchema(Schema):
     status = fields.List(fields.String(validate=validate.OneOf(SAGA_STATUSES)), load_default=[],
+                         validate=validate.Length(max=len(SAGA_STATUSES)),
                          metadata={"description": "one or more (repeat the parameter)"})
     kind = fields.String(validate=validate.OneOf(["order", "cancel"]))
-    failing_step = fields.String(validate=validate.Length(1, 32),
-                                 metadata={"description": "the saga's latest step that failed for good"})
-    error = fields.String(validate=validate.Length(1, 200),
-                          metadata={"description": "text in the saga's reason or a step's error, any case"})
+    failing_step = text(32, 1, line=True, metadata={"description": "the saga's latest step that failed for good"})
+    error = text(200, 1, line=True, metadata={"description": "text in the saga's reason or a step's error, any case"})
     order_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
     customer_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
     since = fields.AwareDateTime(metadata={"description": "created at or after (ISO 8601 with offset)"})
@@ -94,10 +93,9 @@ class TimelineSchema(SagaSummarySchema):
     actions = fields.List(fields.String(), metadata={"description": "the actions its state allows now"})
 
 
-class ActionSchema(Schema):
-    reason = fields.String(required=True, validate=validate.Length(3, 500),
-                           metadata={"description": "why: kept in the audit log"})
-    step = fields.String(validate=validate.Length(1, 32), metadata={"description": "resume: the step to run again"})
+class ActionSchema(RequestSchema):
+    reason = text(500, 3, required=True, metadata={"description": "why: kept in the audit log"})
+    step = text(32, 1, line=True, metadata={"description": "resume: the step to run again"})
 
 
 class ActionResultSchema(Schema):
@@ -109,10 +107,10 @@ class ActionResultSchema(Schema):
     started_saga_id = fields.Integer(allow_none=True)
 
 
-class BulkPlanRequestSchema(Schema):
+class BulkPlanRequestSchema(RequestSchema):
     action = fields.String(required=True, validate=validate.OneOf(ACTIONS))
-    reason = fields.String(required=True, validate=validate.Length(3, 500))
-    step = fields.String(validate=validate.Length(1, 32))
+    reason = text(500, 3, required=True)
+    step = text(32, 1, line=True)
     filter = fields.Nested(SagaFilterSchema, required=True)
 
 
@@ -144,13 +142,13 @@ class BulkPageQuerySchema(Schema):
     page_size = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
 
 
-class BulkRunSchema(Schema):
+class BulkRunSchema(RequestSchema):
     batch_size = fields.Integer(load_default=50, validate=validate.Range(1, 100))
 
 
 class AuditQuerySchema(Schema):
     saga_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
-    bulk_token = fields.String(validate=validate.Length(1, 64))
+    bulk_token = text(64, 1, line=True)
 
 
 class WhoamiSchema(Schema):

@@ -35,6 +35,9 @@ from services.runtime import Runtime
 
 ID = f"int(max={INT32_MAX})"
 MAX_WAIT_S = 30
+# An Idempotency-Key is 1 to 200 visible ASCII characters (a UUID, a ULID, a client's order number).
+IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,200}")
+IDEMPOTENCY_KEY_RULE = "1 to 200 visible ASCII characters (no spaces or control characters)"
 blp = Blueprint("orders", __name__, description="Book orders, their sagas, the catalog and read models")
 
 
@@ -55,7 +58,8 @@ def order_body(view: service.OrderView) -> dict[str, Any]:
 
 
 def requested_wait() -> float | None:
-    """Seconds from a `Prefer: wait=N` header (capped at 30), or None."""
+    """Seconds from a `Prefer: wait=N` header, or None; a larger N is clamped to MAX_WAIT_S (30), and the
+    Preference-Applied header says the wait applied."""
     match = re.search(r"(?:^|[,;\s])wait\s*=\s*(\d+)", request.headers.get("Prefer", ""))
     return min(float(match.group(1)), MAX_WAIT_S) if match else None
 
@@ -78,9 +82,9 @@ class Orders(MethodView):
         """Place an order. Headers: `Idempotency-Key` (a retried POST returns the same order),
         `Prefer: wait=N` (wait up to N seconds, at most 30, for the payment outcome)."""
         key = request.headers.get("Idempotency-Key") or None
-        if key is not None and len(key) > 200:
-            return problem(422, "Unprocessable Entity", "Idempotency-Key: at most 200 characters",
-                           errors={"Idempotency-Key": ["at most 200 characters"]})
+        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+            return problem(422, "Unprocessable Entity", f"Idempotency-Key: {IDEMPOTENCY_KEY_RULE}",
+                           errors={"Idempotency-Key": [IDEMPOTENCY_KEY_RULE]})
         rt, admission = runtime(), current_app.extensions["bookmarket.admission"]
         started = time.monotonic()
         placed = service.place_order(rt, service.PlaceOrder(idempotency_key=key, **data), lambda: admission.check(rt))
