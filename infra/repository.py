@@ -63,11 +63,13 @@ def _order_from_row(row: Any) -> Order:
     )
 
 
-def add_order(conn: Connection, order: Order, idempotency_key: str | None) -> int:
-    """Insert the order; returns the new id (add_customer_order writes its read-model row once its saga exists)."""
+def add_order(conn: Connection, order: Order, idempotency_key: str | None, scope: str = "") -> int:
+    """Insert the order, with the caller's Idempotency-Key in the caller's scope; returns the new id
+    (add_customer_order writes its read-model row once its saga exists)."""
     values = {
         "customer_id": order.customer_id, "book_id": order.book_id, "qty": order.qty,
         "amount_cents": order.amount_cents, "status": order.status.value, "idempotency_key": idempotency_key,
+        "idempotency_scope": scope if idempotency_key else None,
         "created_at": order.created_at, "updated_at": order.updated_at,
     }
     order_id: int = conn.execute(_INSERT_ORDER, values).scalar_one()
@@ -145,9 +147,24 @@ def locked_saga_context(conn: Connection, saga_id: int) -> ClaimContext | None:
     return ClaimContext(row.saga_kind, row.saga_status, bool(row.saga_cancel_requested), _context_from_row(row))
 
 
-def find_order_by_key(conn: Connection, key: str) -> Order | None:
-    row = conn.execute(sa.select(orders).where(orders.c.idempotency_key == key)).first()
+def find_order_by_key(conn: Connection, scope: str, key: str) -> Order | None:
+    """The order this caller (scope) placed with this Idempotency-Key, if the key is still kept."""
+    row = conn.execute(sa.select(orders).where(orders.c.idempotency_scope == scope,
+                                               orders.c.idempotency_key == key)).first()
     return _order_from_row(row) if row else None
+
+
+def forget_idempotency_keys(conn: Connection, placed_before: datetime, limit: int) -> int:
+    """Forget the Idempotency-Keys of up to `limit` orders placed before `placed_before`, oldest first (the
+    orders stay); rows another transaction holds are left for the next pass. Returns how many."""
+    kept = (sa.select(orders.c.id)
+            .where(orders.c.idempotency_key.is_not(None), orders.c.created_at < placed_before)
+            .order_by(orders.c.created_at).limit(limit).with_for_update(skip_locked=True))
+    ids = list(conn.execute(kept).scalars())
+    if not ids:
+        return 0
+    conn.execute(sa.update(orders).where(orders.c.id.in_(ids)).values(idempotency_key=None, idempotency_scope=None))
+    return len(ids)
 
 
 def save_order_status(conn: Connection, order: Order) -> None:

@@ -28,6 +28,7 @@ class PlaceOrder:
     book_id: int
     qty: int
     idempotency_key: str | None = None
+    caller: str = ""  # the key's scope: the same key from another caller is another order
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def _insert(rt: Runtime, cmd: PlaceOrder) -> tuple[PlacedOrder, list[tuple[int, 
         if book is None:
             raise UnknownBook(cmd.book_id)
         order = Order.place(cmd.customer_id, book, cmd.qty)
-        order_id = repo.add_order(conn, order, cmd.idempotency_key)
+        order_id = repo.add_order(conn, order, cmd.idempotency_key, cmd.caller)
         saga, dispatches = start_saga(conn, rt, rt.definitions[ORDER_SAGA.kind], order_id, now)
         saga_id = saga.id
         repo.add_customer_order(conn, order, book.title, saga_id)
@@ -81,10 +82,10 @@ def _insert(rt: Runtime, cmd: PlaceOrder) -> tuple[PlacedOrder, list[tuple[int, 
 
 
 def _replay(rt: Runtime, cmd: PlaceOrder) -> PlacedOrder | None:
-    """The order an earlier request with the same Idempotency-Key created, if any."""
+    """The order an earlier request of the same caller with the same Idempotency-Key created, if any."""
     assert cmd.idempotency_key
     with rt.db.reading() as conn:
-        order = repo.find_order_by_key(conn, cmd.idempotency_key)
+        order = repo.find_order_by_key(conn, cmd.caller, cmd.idempotency_key)
     if order is None:
         return None
     if (order.customer_id, order.book_id, order.qty) != (cmd.customer_id, cmd.book_id, cmd.qty):
