@@ -1,12 +1,25 @@
 """Marshmallow schemas of the support API under /admin."""
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from datetime import UTC, datetime
+
+from marshmallow import Schema, ValidationError, fields, validate
 
 from api.schemas import INT32_MAX, RequestSchema, StepSchema, text
 
 SAGA_STATUSES = ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "FAILED"]
 ACTIONS = ["retry", "resume", "skip", "compensate", "cancel"]
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def in_time_range(value: datetime) -> None:
+    """1970 to 9999 in UTC: a year-1 or year-9999 instant with an offset has no UTC datetime to compare with."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValidationError("must be between 1970-01-01 and 9999-01-01 (UTC)")
 
 
 class SagaFilterSchema(Schema):
@@ -18,8 +31,10 @@ class SagaFilterSchema(Schema):
     error = text(200, 1, line=True, metadata={"description": "text in the saga's reason or a step's error, any case"})
     order_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
     customer_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
-    since = fields.AwareDateTime(metadata={"description": "created at or after (ISO 8601 with offset)"})
-    until = fields.AwareDateTime(metadata={"description": "created before (ISO 8601 with offset)"})
+    since = fields.AwareDateTime(validate=in_time_range, metadata={
+        "description": "created at or after (ISO 8601 with offset, 1970 to 9999)"})
+    until = fields.AwareDateTime(validate=in_time_range, metadata={
+        "description": "created before (ISO 8601 with offset, 1970 to 9999)"})
 
 
 class SagaSummarySchema(Schema):

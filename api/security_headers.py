@@ -1,6 +1,6 @@
 """Headers every answer carries: no content sniffing, no framing, no referrer; the JSON and text answers also a
 content security policy that allows nothing (the console sets its own; the /docs page loads Swagger UI). And the
-bounds on request bodies: their size, JSON only, and how deeply it nests."""
+bounds on request bodies: their size, JSON only, how deeply it nests and how long its numbers are."""
 from __future__ import annotations
 
 import re
@@ -13,10 +13,13 @@ DATA_TYPES = frozenset({"application/json", "application/problem+json", "text/pl
 # Our deepest body is 3 levels (a bulk plan's filter holds a list); Python's json recurses per level and fails
 # with a RecursionError (a 500) somewhere near 1,000.
 MAX_JSON_DEPTH = 32
-# A JSON string (skipped whole, so brackets inside it do not count) or a bracket; possessive, so a string left
-# open cannot make the scan backtrack.
-_JSON_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
-_OPENING = frozenset(b"[{")
+# Python refuses to read an integer of more digits than this (a ValueError, not a JSON error: a 500); our largest
+# is 10.
+MAX_JSON_DIGITS = 4300
+# A JSON string (skipped whole, so brackets and digits inside it do not count), a bracket, or a run of digits;
+# possessive, so a string left open cannot make the scan backtrack.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]|[0-9]++')
+_OPENING, _CLOSING, _QUOTE = frozenset(b"[{"), frozenset(b"]}"), ord('"')
 
 
 def secure_responses(app: Flask) -> None:
@@ -35,8 +38,8 @@ def _secure(response: Response) -> Response:
 
 def bound_request_bodies(app: Flask, max_bytes: int) -> None:
     """A body over max_bytes answers 413 before it is read (werkzeug checks the Content-Length, and stops a
-    streamed body at the limit); a body that is not JSON answers 415; JSON nested deeper than MAX_JSON_DEPTH
-    answers 400 before any parser recurses into it."""
+    streamed body at the limit); a body that is not JSON answers 415; JSON nested deeper than MAX_JSON_DEPTH, or
+    with a number longer than MAX_JSON_DIGITS, answers 400 before any parser reads it."""
     app.config["MAX_CONTENT_LENGTH"] = max_bytes
     app.before_request(_json_bodies_only)
 
@@ -46,20 +49,27 @@ def _json_bodies_only() -> None:
     if has_body and not request.is_json:
         raise UnsupportedMediaType(f"the body must be JSON (Content-Type: application/json), not "
                                    f"{request.mimetype or 'untyped'}")
-    if has_body and nests_too_deep(request.get_data(cache=True)):
-        raise BadRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels of arrays and objects")
+    if has_body:
+        problem = json_shape_problem(request.get_data(cache=True))
+        if problem:
+            raise BadRequest(problem)
 
 
-def nests_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True if arrays and objects nest deeper than `limit` in a JSON text: one scan, no recursion, stopping at the
-    first bracket past the limit; brackets inside strings do not count. A body with few brackets is not scanned."""
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return False
-    depth = 0
+def json_shape_problem(body: bytes, depth: int = MAX_JSON_DEPTH, digits: int = MAX_JSON_DIGITS) -> str | None:
+    """What in a JSON text Python's parser would fail on with something other than a JSON error, or None: arrays
+    and objects nested deeper than `depth`, a number of more than `digits` digits. One scan, no recursion, stopping
+    at the first; brackets and digits inside strings do not count. A short body with few brackets is not scanned."""
+    if body.count(b"[") + body.count(b"{") <= depth and len(body) <= digits:
+        return None
+    level = 0
     for match in _JSON_TOKEN.finditer(body):
         token = match.group()
-        if len(token) == 1:  # a bracket; a string is at least its two quotes
-            depth += 1 if token[0] in _OPENING else -1
-            if depth > limit:
-                return True
-    return False
+        if token[0] in _OPENING:
+            level += 1
+            if level > depth:
+                return f"the JSON body nests deeper than {depth} levels of arrays and objects"
+        elif token[0] in _CLOSING:
+            level -= 1
+        elif token[0] != _QUOTE and len(token) > digits:
+            return f"the JSON body holds a number of more than {digits} digits"
+    return None

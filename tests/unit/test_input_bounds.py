@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from api.security_headers import MAX_JSON_DEPTH, nests_too_deep
+from api.security_headers import MAX_JSON_DEPTH, MAX_JSON_DIGITS, json_shape_problem
 from api.views import MAX_WAIT_S, requested_wait
 from services.runtime import Runtime
 from tests.support import api_client
@@ -102,11 +102,27 @@ def test_brackets_inside_strings_do_not_count_as_nesting(app: Flask) -> None:
     assert response.get_json()["reason"] == reason
 
 
-def test_the_nesting_scan_counts_only_brackets_outside_strings() -> None:
-    assert not nests_too_deep(b'{"a": [1, 2, {"b": []}], "c": {}}', limit=4)
-    assert nests_too_deep(b'{"a": [1, 2, {"b": [[]]}]}', limit=4)
-    assert not nests_too_deep(b'["[[[[", "\\"[[[[", "]]]]"]', limit=1)
-    assert nests_too_deep(b'[' * 10, limit=3)  # still open: deep all the same
+def test_the_scan_counts_only_brackets_and_digits_outside_strings() -> None:
+    assert json_shape_problem(b'{"a": [1, 2, {"b": []}], "c": {}}', depth=4) is None
+    assert "nests deeper than 4" in str(json_shape_problem(b'{"a": [1, 2, {"b": [[]]}]}', depth=4))
+    assert json_shape_problem(b'["[[[[", "\\"[[[[", "]]]]"]', depth=1) is None
+    assert json_shape_problem(b'[' * 10, depth=3)  # still open: deep all the same
+    assert json_shape_problem(b'{"reason": "' + b"9" * 30 + b'", "qty": 10}', digits=20) is None
+    assert "more than 20 digits" in str(json_shape_problem(b'{"qty": -' + b"9" * 21 + b"}", digits=20))
+
+
+def test_a_number_too_long_for_python_to_read_is_a_400_problem(app: Flask) -> None:
+    data = '{"customer_id": 7, "book_id": 2, "qty": %s}' % ("9" * (MAX_JSON_DIGITS + 1))  # noqa: UP031
+    response = client_of(app, "storefront").post("/orders", data=data, content_type="application/json")
+    assert "digits" in assert_problem(response, 400)["detail"]
+
+
+def test_a_long_string_of_digits_is_text_not_a_number(app: Flask) -> None:
+    client = client_of(app, "storefront")
+    order_id = client.post("/orders", json=ORDER).get_json()["id"]
+    padding = "9" * (MAX_JSON_DIGITS + 1)  # in a field the schema refuses, so only the scan could have said 400
+    response = client.post(f"/orders/{order_id}/cancel", json={"reason": "too slow", "note": padding})
+    assert_names(response, "note")
 
 
 # --- unknown fields ---------------------------------------------------------------------------------------------
@@ -223,6 +239,23 @@ def test_an_integer_beyond_its_range_in_a_body_is_a_422_naming_it(app: Flask, fi
     data = '{"customer_id": 7, "book_id": 2, "qty": 1, "%s": %d}' % (field, value)  # noqa: UP031 - duplicate key
     response = client_of(app, "storefront").post("/orders", data=data, content_type="application/json")
     assert_names(response, field)
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "1969-12-31T23:59:59Z"])
+@pytest.mark.parametrize("field", ["since", "until"])
+def test_a_time_filter_outside_1970_to_9999_is_a_422_naming_it(app: Flask, field: str, when: str) -> None:
+    client = client_of(app, "support")
+    assert_names(client.get("/admin/sagas", query_string={field: when}), field)
+    assert_names(client.get("/admin/sagas/counts", query_string={field: when}), field)
+    body = {"action": "retry", "reason": "provider fixed", "filter": {field: when}}
+    assert_names(client.post("/admin/bulk", json=body), f"filter.{field}")
+
+
+def test_a_time_filter_at_the_edges_of_its_range_is_taken(app: Flask) -> None:
+    client = client_of(app, "viewer")
+    response = client.get("/admin/sagas", query_string={"since": "1970-01-01T00:00:00Z",
+                                                        "until": "9998-12-31T23:59:59+00:00"})
+    assert response.status_code == 200, response.get_data(as_text=True)
 
 
 def test_a_bulk_run_batch_size_out_of_range_is_a_422(app: Flask) -> None:
