@@ -38,6 +38,11 @@ MAX_WAIT_S = 30
 # An Idempotency-Key is 1 to 200 visible ASCII characters (a UUID, a ULID, a client's order number).
 IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,200}")
 IDEMPOTENCY_KEY_RULE = "1 to 200 visible ASCII characters (no spaces or control characters)"
+ORDER_HEADERS = [
+    {"in": "header", "name": "Idempotency-Key", "required": False,
+     "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]{1,200}$"},
+     "description": "a retried POST from the same token gets the same order back; kept IDEMPOTENCY_KEY_TTL_S (24 h)"},
+]
 blp = Blueprint("orders", __name__, description="Book orders, their sagas, the catalog and read models")
 
 
@@ -73,6 +78,7 @@ def requested_wait() -> float | None:
 @blp.route("/orders")
 class Orders(MethodView):
     @requires("storefront")
+    @blp.doc(parameters=ORDER_HEADERS)
     @blp.arguments(OrderCreateSchema)
     @blp.response(202, OrderSchema, description="Accepted: the saga runs; poll the Location")
     @blp.alt_response(201, schema=OrderSchema, description="With `Prefer: wait=N`: paid within N seconds")

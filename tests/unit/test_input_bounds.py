@@ -202,6 +202,13 @@ def test_an_idempotency_key_outside_its_charset_or_length_is_a_422_naming_it(app
     assert_names(response, "Idempotency-Key")
 
 
+def test_the_openapi_documents_the_idempotency_key_bounds(app: Flask) -> None:
+    operation = app.test_client().get("/openapi.json").get_json()["paths"]["/orders"]["post"]
+    header = next(p for p in operation["parameters"] if p["name"] == "Idempotency-Key")
+    assert header["in"] == "header"
+    assert header["schema"] == {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]{1,200}$"}
+
+
 def test_an_idempotency_key_of_200_visible_characters_is_taken(app: Flask) -> None:
     key = ("0123456789ABCDEF-_.~!" * 10)[:200]
     response = client_of(app, "storefront").post("/orders", json=ORDER, headers={"Idempotency-Key": key})
