@@ -4,6 +4,7 @@ bounds on request bodies: their size, JSON only, how deeply it nests and how lon
 from __future__ import annotations
 
 import re
+import sys
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
@@ -13,9 +14,10 @@ DATA_TYPES = frozenset({"application/json", "application/problem+json", "text/pl
 # Our deepest body is 3 levels (a bulk plan's filter holds a list); Python's json recurses per level and fails
 # with a RecursionError (a 500) somewhere near 1,000.
 MAX_JSON_DEPTH = 32
-# Python refuses to read an integer of more digits than this (a ValueError, not a JSON error: a 500); our largest
-# is 10.
-MAX_JSON_DIGITS = 4300
+# Python refuses to read an integer of more digits than this (a ValueError, not a JSON error: a 500), 4300 unless
+# PYTHONINTMAXSTRDIGITS says otherwise (0, no limit, keeps 4300: reading a longer one costs quadratic time); our
+# largest is 10.
+MAX_JSON_DIGITS = sys.get_int_max_str_digits() or 4300
 # A JSON string (skipped whole, so brackets and digits inside it do not count), a bracket, or a run of digits;
 # possessive, so a string left open cannot make the scan backtrack.
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]|[0-9]++')
