@@ -1,26 +1,40 @@
 """Marshmallow schemas of the support API under /admin."""
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from datetime import UTC, datetime
 
-from api.schemas import INT32_MAX, StepSchema
+from marshmallow import Schema, ValidationError, fields, validate
+
+from api.schemas import INT32_MAX, RequestSchema, StepSchema, text
 
 SAGA_STATUSES = ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "FAILED"]
 ACTIONS = ["retry", "resume", "skip", "compensate", "cancel"]
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def in_time_range(value: datetime) -> None:
+    """1970 to 9999 in UTC: a year-1 or year-9999 instant with an offset has no UTC datetime to compare with."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValidationError("must be between 1970-01-01 and 9999-01-01 (UTC)")
 
 
 class SagaFilterSchema(Schema):
     status = fields.List(fields.String(validate=validate.OneOf(SAGA_STATUSES)), load_default=[],
+                         validate=validate.Length(max=len(SAGA_STATUSES)),
                          metadata={"description": "one or more (repeat the parameter)"})
     kind = fields.String(validate=validate.OneOf(["order", "cancel"]))
-    failing_step = fields.String(validate=validate.Length(1, 32),
-                                 metadata={"description": "the saga's latest step that failed for good"})
-    error = fields.String(validate=validate.Length(1, 200),
-                          metadata={"description": "text in the saga's reason or a step's error, any case"})
+    failing_step = text(32, 1, line=True, metadata={"description": "the saga's latest step that failed for good"})
+    error = text(200, 1, line=True, metadata={"description": "text in the saga's reason or a step's error, any case"})
     order_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
     customer_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
-    since = fields.AwareDateTime(metadata={"description": "created at or after (ISO 8601 with offset)"})
-    until = fields.AwareDateTime(metadata={"description": "created before (ISO 8601 with offset)"})
+    since = fields.AwareDateTime(validate=in_time_range, metadata={
+        "description": "created at or after (ISO 8601 with offset, 1970 to 9999)"})
+    until = fields.AwareDateTime(validate=in_time_range, metadata={
+        "description": "created before (ISO 8601 with offset, 1970 to 9999)"})
 
 
 class SagaSummarySchema(Schema):
@@ -94,10 +108,9 @@ class TimelineSchema(SagaSummarySchema):
     actions = fields.List(fields.String(), metadata={"description": "the actions its state allows now"})
 
 
-class ActionSchema(Schema):
-    reason = fields.String(required=True, validate=validate.Length(3, 500),
-                           metadata={"description": "why: kept in the audit log"})
-    step = fields.String(validate=validate.Length(1, 32), metadata={"description": "resume: the step to run again"})
+class ActionSchema(RequestSchema):
+    reason = text(500, 3, required=True, metadata={"description": "why: kept in the audit log"})
+    step = text(32, 1, line=True, metadata={"description": "resume: the step to run again"})
 
 
 class ActionResultSchema(Schema):
@@ -109,10 +122,10 @@ class ActionResultSchema(Schema):
     started_saga_id = fields.Integer(allow_none=True)
 
 
-class BulkPlanRequestSchema(Schema):
+class BulkPlanRequestSchema(RequestSchema):
     action = fields.String(required=True, validate=validate.OneOf(ACTIONS))
-    reason = fields.String(required=True, validate=validate.Length(3, 500))
-    step = fields.String(validate=validate.Length(1, 32))
+    reason = text(500, 3, required=True)
+    step = text(32, 1, line=True)
     filter = fields.Nested(SagaFilterSchema, required=True)
 
 
@@ -144,13 +157,13 @@ class BulkPageQuerySchema(Schema):
     page_size = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
 
 
-class BulkRunSchema(Schema):
+class BulkRunSchema(RequestSchema):
     batch_size = fields.Integer(load_default=50, validate=validate.Range(1, 100))
 
 
 class AuditQuerySchema(Schema):
     saga_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
-    bulk_token = fields.String(validate=validate.Length(1, 64))
+    bulk_token = text(64, 1, line=True)
 
 
 class WhoamiSchema(Schema):

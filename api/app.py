@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from api.admin import admin
+from api.admin import admin, register_converters
 from api.auth import NO_TOKENS, NoTokens, protect
 from api.console import console
 from api.metrics import metrics_blueprint
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     secure_responses(app)
     bound_request_bodies(app, settings.max_body_bytes)
     api = ProblemApi(app)
+    register_converters(app, api)
     api.register_blueprint(blp)
     api.register_blueprint(admin)
     api.register_blueprint(metrics_blueprint(settings.metrics_role))

@@ -59,10 +59,19 @@ class ProblemApi(Api):  # type: ignore[misc]
 
 
 def _flatten(messages: dict[str, Any]) -> dict[str, Any]:
-    """webargs nests errors by location (json, query, headers); clients want them by field."""
+    """webargs nests errors by location (json, query, headers); clients want them by field, a nested one by its
+    dotted path (filter.kind, status.0)."""
     flat: dict[str, Any] = {}
     for location in messages.values():
-        flat.update(location if isinstance(location, dict) else {"_": location})
+        flat.update(_by_path(location) if isinstance(location, dict) else {"_": location})
+    return flat
+
+
+def _by_path(errors: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for field, messages in errors.items():
+        path = f"{prefix}{field}"
+        flat.update(_by_path(messages, f"{path}.") if isinstance(messages, dict) else {path: messages})
     return flat
 
 

@@ -1,26 +1,55 @@
 """Marshmallow schemas: what the API accepts and what it answers."""
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 INT32_MAX = 2_147_483_647
+# What no text field takes: C0 control characters (free text keeps tab, line feed and carriage return), DEL, and
+# UTF-16 surrogates (JSON's "\ud800" decodes to one that no database can store; PostgreSQL refuses NUL in text).
+TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]*$"
+LINE_PATTERN = r"^[^\x00-\x1f\x7f\ud800-\udfff]*$"
+NO_CONTROLS = "control characters (NUL and the like) are not allowed"
+
+
+class _Pattern(validate.Regexp):
+    """validate.Regexp (so the OpenAPI shows the pattern) matching the whole value: Python's `$` would let a
+    trailing line feed through."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+def text(max_length: int, min_length: int | None = None, line: bool = False, **kwargs: Any) -> fields.String:
+    """A string field bounded in length and refusing control characters (`line`: a single line, no tab either)."""
+    pattern = _Pattern(re.compile(LINE_PATTERN if line else TEXT_PATTERN), error=NO_CONTROLS)
+    return fields.String(validate=[validate.Length(min_length, max_length), pattern], **kwargs)
+
+
+class RequestSchema(Schema):
+    """A request body: a field it does not know is refused (422 naming it), not ignored."""
+
+    class Meta:
+        unknown = RAISE
 
 
 def cents(value: int) -> Decimal:
     return (Decimal(value) / 100).quantize(Decimal("0.01"))
 
 
-class OrderCreateSchema(Schema):
+class OrderCreateSchema(RequestSchema):
     customer_id = fields.Integer(required=True, strict=True, validate=validate.Range(1, INT32_MAX))
     book_id = fields.Integer(required=True, strict=True, validate=validate.Range(1, INT32_MAX))
     qty = fields.Integer(required=True, strict=True, validate=validate.Range(1, 100))
 
 
-class CancelSchema(Schema):
-    reason = fields.String(load_default=None, validate=validate.Length(max=500))
+class CancelSchema(RequestSchema):
+    reason = text(500, load_default=None, allow_none=True)
 
 
 class SagaRefSchema(Schema):

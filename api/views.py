@@ -9,7 +9,7 @@ from flask import current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.auth import public, requires
+from api.auth import current_principal, public, requires
 from api.problems import problem
 from api.schemas import (
     INT32_MAX,
@@ -35,6 +35,14 @@ from services.runtime import Runtime
 
 ID = f"int(max={INT32_MAX})"
 MAX_WAIT_S = 30
+# An Idempotency-Key is 1 to 200 visible ASCII characters (a UUID, a ULID, a client's order number).
+IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,200}")
+IDEMPOTENCY_KEY_RULE = "1 to 200 visible ASCII characters (no spaces or control characters)"
+ORDER_HEADERS = [
+    {"in": "header", "name": "Idempotency-Key", "required": False,
+     "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]{1,200}$"},
+     "description": "a retried POST from the same token gets the same order back; kept IDEMPOTENCY_KEY_TTL_S (24 h)"},
+]
 blp = Blueprint("orders", __name__, description="Book orders, their sagas, the catalog and read models")
 
 
@@ -54,8 +62,15 @@ def order_body(view: service.OrderView) -> dict[str, Any]:
     }
 
 
+def caller() -> str:
+    """The name of the token calling: the scope of its Idempotency-Keys."""
+    principal = current_principal()
+    return principal.name if principal is not None else ""
+
+
 def requested_wait() -> float | None:
-    """Seconds from a `Prefer: wait=N` header (capped at 30), or None."""
+    """Seconds from a `Prefer: wait=N` header, or None; a larger N is clamped to MAX_WAIT_S (30), and the
+    Preference-Applied header says the wait applied."""
     match = re.search(r"(?:^|[,;\s])wait\s*=\s*(\d+)", request.headers.get("Prefer", ""))
     return min(float(match.group(1)), MAX_WAIT_S) if match else None
 
@@ -63,6 +78,7 @@ def requested_wait() -> float | None:
 @blp.route("/orders")
 class Orders(MethodView):
     @requires("storefront")
+    @blp.doc(parameters=ORDER_HEADERS)
     @blp.arguments(OrderCreateSchema)
     @blp.response(202, OrderSchema, description="Accepted: the saga runs; poll the Location")
     @blp.alt_response(201, schema=OrderSchema, description="With `Prefer: wait=N`: paid within N seconds")
@@ -71,19 +87,21 @@ class Orders(MethodView):
                                   "e.g. refunded after a delivery refusal): the order as it is")
     @blp.alt_response(402, description="With `Prefer: wait=N`: payment declined or failed, the order REJECTED "
                                         "(problem+json with the order)")
-    @blp.alt_response(409, description="Idempotency-Key reused for a different order")
+    @blp.alt_response(409, description="Idempotency-Key reused by the same caller for a different order")
     @blp.alt_response(422, description="Invalid input; the problem names the field")
     @blp.alt_response(503, description="Temporarily unable to take orders; see Retry-After")
     def post(self, data: dict[str, Any]) -> Any:
-        """Place an order. Headers: `Idempotency-Key` (a retried POST returns the same order),
-        `Prefer: wait=N` (wait up to N seconds, at most 30, for the payment outcome)."""
+        """Place an order. Headers: `Idempotency-Key` (1 to 200 visible ASCII characters: a retried POST from the
+        same token returns the same order; another token's keys are its own; kept IDEMPOTENCY_KEY_TTL_S, 24 h),
+        `Prefer: wait=N` (wait up to N seconds for the payment outcome; more than 30 is clamped to 30)."""
         key = request.headers.get("Idempotency-Key") or None
-        if key is not None and len(key) > 200:
-            return problem(422, "Unprocessable Entity", "Idempotency-Key: at most 200 characters",
-                           errors={"Idempotency-Key": ["at most 200 characters"]})
+        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+            return problem(422, "Unprocessable Entity", f"Idempotency-Key: {IDEMPOTENCY_KEY_RULE}",
+                           errors={"Idempotency-Key": [IDEMPOTENCY_KEY_RULE]})
         rt, admission = runtime(), current_app.extensions["bookmarket.admission"]
         started = time.monotonic()
-        placed = service.place_order(rt, service.PlaceOrder(idempotency_key=key, **data), lambda: admission.check(rt))
+        command = service.PlaceOrder(idempotency_key=key, caller=caller(), **data)
+        placed = service.place_order(rt, command, lambda: admission.check(rt))
         if placed.created:
             admission.accepted(time.monotonic() - started)
         return self._answer(placed)

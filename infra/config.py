@@ -49,6 +49,7 @@ class Settings:
     admission_max_wait_s: float
     admission_target_ms: float
     max_body_bytes: int
+    idempotency_key_ttl_s: float
     inline_steps: int
     shutdown_grace_s: float
     worker_nice: int
@@ -104,6 +105,7 @@ class Settings:
             admission_max_wait_s=float(_env("ADMISSION_MAX_WAIT_S", "10")),
             admission_target_ms=float(_env("ADMISSION_TARGET_MS", "300")),
             max_body_bytes=int(_env("MAX_BODY_BYTES", "65536")),
+            idempotency_key_ttl_s=float(_env("IDEMPOTENCY_KEY_TTL_S", "86400")),
             inline_steps=int(_env("INLINE_STEPS", "4")),
             shutdown_grace_s=float(_env("WORKER_SHUTDOWN_GRACE_S", "10")),
             worker_nice=int(_env("WORKER_NICE", "0")),

@@ -63,11 +63,13 @@ def _order_from_row(row: Any) -> Order:
     )
 
 
-def add_order(conn: Connection, order: Order, idempotency_key: str | None) -> int:
-    """Insert the order; returns the new id (add_customer_order writes its read-model row once its saga exists)."""
+def add_order(conn: Connection, order: Order, idempotency_key: str | None, scope: str = "") -> int:
+    """Insert the order, with the caller's Idempotency-Key in the caller's scope; returns the new id
+    (add_customer_order writes its read-model row once its saga exists)."""
     values = {
         "customer_id": order.customer_id, "book_id": order.book_id, "qty": order.qty,
         "amount_cents": order.amount_cents, "status": order.status.value, "idempotency_key": idempotency_key,
+        "idempotency_scope": scope if idempotency_key else None,
         "created_at": order.created_at, "updated_at": order.updated_at,
     }
     order_id: int = conn.execute(_INSERT_ORDER, values).scalar_one()
@@ -87,14 +89,15 @@ class PlacedRow:
 
 
 def place_order_at_once(conn: Connection, definition: SagaDefinition, order: Order, idempotency_key: str | None,
-                        now: datetime, dispatched: str) -> PlacedRow | None:
+                        scope: str, now: datetime, dispatched: str) -> PlacedRow | None:
     """PostgreSQL: the order, its saga, a row per forward step (`dispatched` due now and marked sent) and its
     read-model row in ONE statement (data-modifying CTEs), priced from the book in the same statement; None when
     the book does not exist. Run on an autocommit connection it is one round trip and atomic by itself; on SQLite
     the same rows are written by add_order, create_saga and add_customer_order (the same tests cover both)."""
     row = _place_statement(definition, dispatched).run(conn, {
         "p_customer": order.customer_id, "p_book": order.book_id, "p_qty": order.qty,
-        "p_status": order.status.value, "p_key": idempotency_key, "p_now": now,
+        "p_status": order.status.value, "p_key": idempotency_key, "p_scope": scope if idempotency_key else None,
+        "p_now": now,
         "p_order_created": order.created_at, "p_order_updated": order.updated_at,
     }).first()
     return PlacedRow(row.order_id, row.saga_id, row.title, row.amount_cents) if row else None
@@ -120,8 +123,9 @@ def _build_place_statement(definition: SagaDefinition, dispatched: str) -> FastS
         params.update({f"n{i}": step.name, f"m{i}": step.retry.max_attempts, f"d{i}": step.name == dispatched})
     sql = f"""
 WITH b AS (SELECT id, title, price_cents FROM books WHERE id = :p_book),
-o AS (INSERT INTO orders (customer_id, book_id, qty, amount_cents, status, idempotency_key, created_at, updated_at)
-      SELECT :p_customer, b.id, :p_qty, b.price_cents * :p_qty, :p_status, :p_key, :p_order_created,
+o AS (INSERT INTO orders (customer_id, book_id, qty, amount_cents, status, idempotency_key, idempotency_scope,
+                         created_at, updated_at)
+      SELECT :p_customer, b.id, :p_qty, b.price_cents * :p_qty, :p_status, :p_key, :p_scope, :p_order_created,
              :p_order_updated FROM b
       RETURNING id, amount_cents),
 s AS (INSERT INTO sagas (kind, version, order_id, status, cancel_requested, recoveries, created_at, updated_at)
@@ -207,9 +211,24 @@ def locked_saga_context(conn: Connection, saga_id: int) -> ClaimContext | None:
     return ClaimContext(row.saga_kind, row.saga_status, bool(row.saga_cancel_requested), _context_from_row(row))
 
 
-def find_order_by_key(conn: Connection, key: str) -> Order | None:
-    row = conn.execute(sa.select(orders).where(orders.c.idempotency_key == key)).first()
+def find_order_by_key(conn: Connection, scope: str, key: str) -> Order | None:
+    """The order this caller (scope) placed with this Idempotency-Key, if the key is still kept."""
+    row = conn.execute(sa.select(orders).where(orders.c.idempotency_scope == scope,
+                                               orders.c.idempotency_key == key)).first()
     return _order_from_row(row) if row else None
+
+
+def forget_idempotency_keys(conn: Connection, placed_before: datetime, limit: int) -> int:
+    """Forget the Idempotency-Keys of up to `limit` orders placed before `placed_before`, oldest first (the
+    orders stay); rows another transaction holds are left for the next pass. Returns how many."""
+    kept = (sa.select(orders.c.id)
+            .where(orders.c.idempotency_key.is_not(None), orders.c.created_at < placed_before)
+            .order_by(orders.c.created_at).limit(limit).with_for_update(skip_locked=True))
+    ids = list(conn.execute(kept).scalars())
+    if not ids:
+        return 0
+    conn.execute(sa.update(orders).where(orders.c.id.in_(ids)).values(idempotency_key=None, idempotency_scope=None))
+    return len(ids)
 
 
 def save_order_status(conn: Connection, order: Order) -> None:

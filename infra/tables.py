@@ -53,10 +53,17 @@ orders = sa.Table(
     sa.Column("amount_cents", sa.Integer, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text),
-    sa.Column("idempotency_key", sa.String(200), unique=True),
+    sa.Column("idempotency_key", sa.String(200)),
+    # whose key it is: the name of the token that placed the order (two callers' keys never meet)
+    sa.Column("idempotency_scope", sa.String(64)),
     sa.Column("created_at", Time, nullable=False),
     sa.Column("updated_at", Time, nullable=False),
+    sa.UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_orders_idempotency_scope_key"),
 )
+# The keys still kept, oldest first, for the sweeper to forget past IDEMPOTENCY_KEY_TTL_S; a forgotten key leaves
+# the index, so it holds one TTL's keyed orders.
+_KEPT = orders.c.idempotency_key.is_not(None)
+sa.Index("ix_orders_idempotency_kept", orders.c.created_at, postgresql_where=_KEPT, sqlite_where=_KEPT)
 
 sagas = sa.Table(
     "sagas",

@@ -31,6 +31,7 @@ class PlaceOrder:
     book_id: int
     qty: int
     idempotency_key: str | None = None
+    caller: str = ""  # the key's scope: the same key from another caller is another order
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def _insert(rt: Runtime, cmd: PlaceOrder) -> tuple[PlacedOrder, list[tuple[int, 
         if book is None:
             raise UnknownBook(cmd.book_id)
         order = Order.place(cmd.customer_id, book, cmd.qty)
-        order_id = repo.add_order(conn, order, cmd.idempotency_key)
+        order_id = repo.add_order(conn, order, cmd.idempotency_key, cmd.caller)
         saga, dispatches = start_saga(conn, rt, definition, order_id, now)
         saga_id = saga.id
         repo.add_customer_order(conn, order, book.title, saga_id)
@@ -92,7 +93,7 @@ def _insert_at_once(rt: Runtime, cmd: PlaceOrder, definition: SagaDefinition, fi
     """PostgreSQL: the same rows as above in one statement on an autocommit connection (one round trip)."""
     order = Order.place(cmd.customer_id, Book(cmd.book_id, "", 0), cmd.qty)
     with rt.db.autocommit() as conn:
-        row = repo.place_order_at_once(conn, definition, order, cmd.idempotency_key, now, first)
+        row = repo.place_order_at_once(conn, definition, order, cmd.idempotency_key, cmd.caller, now, first)
     if row is None:
         raise UnknownBook(cmd.book_id)
     metrics.saga_started(definition.kind)
@@ -103,10 +104,10 @@ def _insert_at_once(rt: Runtime, cmd: PlaceOrder, definition: SagaDefinition, fi
 
 
 def _replay(rt: Runtime, cmd: PlaceOrder) -> PlacedOrder | None:
-    """The order an earlier request with the same Idempotency-Key created, if any."""
+    """The order an earlier request of the same caller with the same Idempotency-Key created, if any."""
     assert cmd.idempotency_key
     with rt.db.reading() as conn:
-        order = repo.find_order_by_key(conn, cmd.idempotency_key)
+        order = repo.find_order_by_key(conn, cmd.caller, cmd.idempotency_key)
     if order is None:
         return None
     if (order.customer_id, order.book_id, order.qty) != (cmd.customer_id, cmd.book_id, cmd.qty):

@@ -1,4 +1,5 @@
-"""The recovery sweeper: sends what was committed but never sent, and takes back steps whose worker vanished."""
+"""The recovery sweeper: sends what was committed but never sent, takes back steps whose worker vanished, and
+forgets Idempotency-Keys older than IDEMPOTENCY_KEY_TTL_S."""
 from __future__ import annotations
 
 import logging
@@ -22,6 +23,7 @@ class SweepReport:
     dispatched: int
     recovered: int
     parked: int
+    forgotten_keys: int = 0
 
 
 def sweep(rt: Runtime) -> SweepReport:
@@ -35,9 +37,21 @@ def sweep(rt: Runtime) -> SweepReport:
         recovered += outcome == "recovered"
         parked += outcome == "parked"
     dispatched = dispatch_due(rt)
-    if dispatched or recovered or parked:
-        log.info("sweep: dispatched=%d recovered=%d parked=%d", dispatched, recovered, parked)
-    return SweepReport(dispatched, recovered, parked)
+    forgotten = forget_idempotency_keys(rt)
+    if dispatched or recovered or parked or forgotten:
+        log.info("sweep: dispatched=%d recovered=%d parked=%d forgotten_keys=%d", dispatched, recovered, parked,
+                 forgotten)
+    return SweepReport(dispatched, recovered, parked, forgotten)
+
+
+def forget_idempotency_keys(rt: Runtime) -> int:
+    """Forget the Idempotency-Keys of orders placed more than IDEMPOTENCY_KEY_TTL_S ago (a batch per pass, oldest
+    first): a retry within the TTL finds its order, the same key later places a new one. TTL 0: kept forever."""
+    ttl_s = rt.settings.idempotency_key_ttl_s
+    if ttl_s <= 0:
+        return 0
+    with rt.db.transaction() as conn:
+        return repo.forget_idempotency_keys(conn, rt.clock() - timedelta(seconds=ttl_s), BATCH)
 
 
 def dispatch_due(rt: Runtime) -> int:

@@ -25,7 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 # The API's bearer tokens in every test stack: BOOKMARKET_TOKENS gives each role one.
 TEST_TOKENS = {"storefront": "storefront-test-token", "support": "support-test-token", "viewer": "viewer-test-token"}
-TOKENS_SETTING = ",".join(f"{role}={token}" for role, token in TEST_TOKENS.items())
+# A second storefront caller (another shop front), named: its Idempotency-Keys are its own.
+OTHER_STOREFRONT = ("other-shop", "other-storefront-test-token")
+TOKENS_SETTING = ",".join([*(f"{role}={token}" for role, token in TEST_TOKENS.items()),
+                           "storefront:{}={}".format(*OTHER_STOREFRONT)])
 
 
 def bearer(role: str = "storefront") -> dict[str, str]:
@@ -37,6 +40,13 @@ def api_client(app: Flask, role: str = "storefront") -> FlaskClient:
     """A test client of the API sending the test token of `role` with every request."""
     client = app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = bearer(role)["Authorization"]
+    return client
+
+
+def other_storefront_client(app: Flask) -> FlaskClient:
+    """A test client of the API sending the second storefront token (OTHER_STOREFRONT) with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {OTHER_STOREFRONT[1]}"
     return client
 
 

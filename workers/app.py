@@ -133,7 +133,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
     @app.task(name="saga.sweep", ignore_result=True, acks_late=False, shared=False)
     def sweep_task() -> dict[str, int]:
         report = sweep(holder.get())
-        return {"dispatched": report.dispatched, "recovered": report.recovered, "parked": report.parked}
+        return {"dispatched": report.dispatched, "recovered": report.recovered, "parked": report.parked,
+                "forgotten_keys": report.forgotten_keys}
 
     app.conf.bookmarket_holder = holder
     return app
