@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.admin_schemas import (
     ActionResultSchema,
@@ -24,6 +23,7 @@ from api.admin_schemas import (
     WhoamiSchema,
 )
 from api.auth import current_principal, requires
+from api.paging import Blueprint
 from api.views import ID, runtime
 from services import bulk, saga_search
 from services.saga_search import SagaFilter

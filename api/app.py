@@ -7,6 +7,7 @@ from flask_sqlalchemy import SQLAlchemy
 from api.admin import admin
 from api.auth import NO_TOKENS, NoTokens, protect
 from api.console import console
+from api.contract import ContractPlugin
 from api.metrics import metrics_blueprint
 from api.problems import ProblemApi, register_problem_handlers
 from api.request_ids import track_request_ids
@@ -51,7 +52,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     track_request_ids(app)
     secure_responses(app)
     bound_request_bodies(app, settings.max_body_bytes)
-    api = ProblemApi(app)
+    api = ProblemApi(app, spec_kwargs={"extra_plugins": [ContractPlugin()]})
     api.register_blueprint(blp)
     api.register_blueprint(admin)
     api.register_blueprint(metrics_blueprint(settings.metrics_role))

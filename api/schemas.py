@@ -130,11 +130,19 @@ class ReadySchema(Schema):
 
 
 class ProblemSchema(Schema):
-    type = fields.String()
-    title = fields.String()
-    status = fields.Integer()
-    detail = fields.String()
-    errors = fields.Dict(metadata={"description": "field -> messages, for 422"})
+    """Every error, as api/problems.py sends it (RFC 9457): four members always, extension members on some."""
+
+    type = fields.String(required=True, metadata={"description": "always about:blank: the status says it all"})
+    title = fields.String(required=True, metadata={"description": "the status's phrase, e.g. Not Found"})
+    status = fields.Integer(required=True, metadata={"description": "the HTTP status code"})
+    detail = fields.String(required=True, metadata={"description": "what went wrong, for a person"})
+    errors = fields.Dict(metadata={"description": "400 and 422: field -> its messages (nested for a nested body)"})
+    order = fields.Nested(OrderSchema, metadata={"description": "402 of POST /orders: the REJECTED order"})
+    saga_id = fields.Integer(metadata={"description": "409 of a support action: the saga it was refused on"})
+    state = fields.String(allow_none=True,
+                          metadata={"description": "409 of a support action: the saga's state, e.g. FAILED:pay"})
+    checks = fields.Dict(keys=fields.String(), values=fields.String(),
+                         metadata={"description": "503 of /readyz: each dependency: ok, timeout: ... or error: ..."})
 
 
 def with_amount(row: Any) -> dict[str, Any]:

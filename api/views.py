@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import current_app, request, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.auth import public, requires
+from api.paging import Blueprint
 from api.problems import problem
 from api.schemas import (
     INT32_MAX,
@@ -35,6 +35,21 @@ from services.runtime import Runtime
 
 ID = f"int(max={INT32_MAX})"
 MAX_WAIT_S = 30
+MAX_IDEMPOTENCY_KEY = 200
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+                   "description": f"Your key for this order (at most {MAX_IDEMPOTENCY_KEY} characters): a POST retried "
+                                  "with the same key and body answers the same order (Idempotent-Replayed: true); "
+                                  "the same key with another body answers 409"}
+PREFER = {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"}, "example": "wait=10",
+          "description": f"`wait=N`: wait up to N seconds (at most {MAX_WAIT_S}) for the payment outcome before "
+                         "answering (RFC 7240); other preferences are ignored"}
+LOCATION = {"description": "The order's URL", "required": True, "schema": {"type": "string"}}
+REPLAYED = {"description": "`true` when an earlier POST with this Idempotency-Key placed the order",
+            "schema": {"type": "string", "enum": ["true"]}}
+APPLIED = {"description": "The wait applied, e.g. `wait=10`", "required": True, "schema": {"type": "string"}}
+PLACED = {"Location": LOCATION, "Idempotent-Replayed": REPLAYED,
+          "Preference-Applied": {**APPLIED, "required": False}}
+SETTLED = {"Location": LOCATION, "Idempotent-Replayed": REPLAYED, "Preference-Applied": APPLIED}
 blp = Blueprint("orders", __name__, description="Book orders, their sagas, the catalog and read models")
 
 
@@ -64,23 +79,27 @@ def requested_wait() -> float | None:
 class Orders(MethodView):
     @requires("storefront")
     @blp.arguments(OrderCreateSchema)
-    @blp.response(202, OrderSchema, description="Accepted: the saga runs; poll the Location")
-    @blp.alt_response(201, schema=OrderSchema, description="With `Prefer: wait=N`: paid within N seconds")
-    @blp.alt_response(200, schema=OrderSchema,
+    @blp.doc(parameters=[IDEMPOTENCY_KEY, PREFER])
+    @blp.response(202, OrderSchema, description="Accepted: the saga runs; poll the Location", headers=PLACED)
+    @blp.alt_response(201, schema=OrderSchema, description="With `Prefer: wait=N`: paid within N seconds",
+                      headers=SETTLED)
+    @blp.alt_response(200, schema=OrderSchema, headers=SETTLED,
                       description="With `Prefer: wait=N`: the order ended otherwise within N seconds (cancelled, "
                                   "e.g. refunded after a delivery refusal): the order as it is")
     @blp.alt_response(402, description="With `Prefer: wait=N`: payment declined or failed, the order REJECTED "
-                                        "(problem+json with the order)")
+                                        "(problem+json with the order in `order`)", headers=SETTLED)
     @blp.alt_response(409, description="Idempotency-Key reused for a different order")
-    @blp.alt_response(422, description="Invalid input; the problem names the field")
-    @blp.alt_response(503, description="Temporarily unable to take orders; see Retry-After")
+    @blp.alt_response(422, description="Invalid input (or an Idempotency-Key over 200 characters); the problem "
+                                        "names the field")
+    @blp.alt_response(503, description="Temporarily unable to take orders (overloaded, or the database is down); "
+                                        "see Retry-After")
     def post(self, data: dict[str, Any]) -> Any:
         """Place an order. Headers: `Idempotency-Key` (a retried POST returns the same order),
         `Prefer: wait=N` (wait up to N seconds, at most 30, for the payment outcome)."""
         key = request.headers.get("Idempotency-Key") or None
-        if key is not None and len(key) > 200:
-            return problem(422, "Unprocessable Entity", "Idempotency-Key: at most 200 characters",
-                           errors={"Idempotency-Key": ["at most 200 characters"]})
+        if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+            return problem(422, "Unprocessable Entity", f"Idempotency-Key: at most {MAX_IDEMPOTENCY_KEY} characters",
+                           errors={"Idempotency-Key": [f"at most {MAX_IDEMPOTENCY_KEY} characters"]})
         rt, admission = runtime(), current_app.extensions["bookmarket.admission"]
         started = time.monotonic()
         placed = service.place_order(rt, service.PlaceOrder(idempotency_key=key, **data), lambda: admission.check(rt))
@@ -126,7 +145,8 @@ class OrderById(MethodView):
 class CancelOrder(MethodView):
     @requires("storefront")
     @blp.arguments(CancelSchema, required=False)
-    @blp.response(202, OrderSchema, description="Cancel recorded; the order ends CANCELLED")
+    @blp.response(202, OrderSchema, description="Cancel recorded; the order ends CANCELLED",
+                  headers={"Location": LOCATION})
     @blp.alt_response(404, description="No such order")
     @blp.alt_response(409, description="The order was rejected, or its saga is parked for support")
     def post(self, data: dict[str, Any], order_id: int) -> Any:
