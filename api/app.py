@@ -8,6 +8,7 @@ from api.admin import admin
 from api.auth import NO_TOKENS, NoTokens, protect
 from api.console import console
 from api.contract import ContractPlugin
+from api.docs import docs
 from api.metrics import metrics_blueprint
 from api.problems import ProblemApi, register_problem_handlers
 from api.request_ids import track_request_ids
@@ -20,8 +21,6 @@ from infra.tables import metadata
 from services.admission import Admission
 from services.health import Readiness
 from services.runtime import Runtime, build_runtime
-
-SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
@@ -37,8 +36,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_CDN,
         API_SPEC_OPTIONS={"info": {"description": "Orders for an online bookstore, carried by an orchestrated saga."}},
         SQLALCHEMY_DATABASE_URI=normalize_url(settings.database_url),
         SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url, settings.db_pool_size),
@@ -57,6 +54,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     api.register_blueprint(admin)
     api.register_blueprint(metrics_blueprint(settings.metrics_role))
     app.register_blueprint(console)
+    app.register_blueprint(docs)
     register_problem_handlers(app)
     protect(app, api, settings.api_tokens)
     tracing.configure(settings, "bookmarket-api", flask_app=app)

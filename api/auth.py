@@ -24,7 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 SCHEME = "bearerAuth"
 REALM = 'Bearer realm="bookmarket"'
 PUBLIC = "public"
-DOCS_BLUEPRINT = "api-docs."  # flask-smorest's /openapi.json and /docs: open
+DOCS_BLUEPRINT = "api-docs."  # flask-smorest's /openapi.json: open
 NO_TOKENS = ("BOOKMARKET_TOKENS is not set, so the API would let no one in. Set it to role=token entries, e.g. "
              "storefront=<token>,support=<token> (see the README, Access), or start the API with `bookmarket up`, "
              "which makes tokens in its data folder, or `bookmarket api`, which uses them.")
