@@ -12,6 +12,7 @@ from api.docs import docs
 from api.metrics import metrics_blueprint
 from api.problems import ProblemApi, register_problem_handlers
 from api.request_ids import track_request_ids
+from api.schemas import Money
 from api.security_headers import bound_request_bodies, secure_responses
 from api.views import blp
 from infra import tracing
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     secure_responses(app)
     bound_request_bodies(app, settings.max_body_bytes)
     api = ProblemApi(app, spec_kwargs={"extra_plugins": [ContractPlugin()]})
+    api.register_field(Money, "string", "decimal")
     api.register_blueprint(blp)
     api.register_blueprint(admin)
     api.register_blueprint(metrics_blueprint(settings.metrics_role))

@@ -34,6 +34,11 @@ REQUEST_ID_HEADER_DOC = {"description": "This request's id: the X-Request-ID sen
                          "required": True, "schema": {"type": "string"}}
 RETRY_AFTER = {"description": "Seconds to wait before trying again", "required": True,
                "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+# flask-smorest documents X-Pagination with a schema: an object in the header's simple style (`total,3,page,1`).
+# It sends JSON: a header with content.
+PAGINATION_HEADER = "X-Pagination"
+PAGINATION = {"description": "The paging, as JSON", "required": True,
+              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PaginationMetadata"}}}}
 BODY_ERRORS = {
     400: "The body is not valid JSON",
     413: "The body is larger than MAX_BODY_BYTES",
@@ -86,6 +91,8 @@ def _complete_response(path: str, status: int, response: Any) -> None:
         return
     headers = response.setdefault("headers", {})
     headers.setdefault(REQUEST_ID_HEADER, REQUEST_ID_HEADER_DOC)
+    if headers.get(PAGINATION_HEADER) == "PAGINATION":
+        headers[PAGINATION_HEADER] = PAGINATION
     if status >= 400 and "content" not in response:
         response["content"] = {PROBLEM: {"schema": PROBLEM_REF}}
     if status == 503 and PROBLEM in response["content"] and path not in NO_RETRY_AFTER:

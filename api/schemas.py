@@ -13,6 +13,14 @@ def cents(value: int) -> Decimal:
     return (Decimal(value) / 100).quantize(Decimal("0.01"))
 
 
+class Money(fields.Decimal):
+    """An amount in currency units, sent as a string ("42.99") so that no client reads it as a float; documented
+    as a string of format decimal (api/app.py registers the mapping)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(as_string=True, **kwargs)
+
+
 class OrderCreateSchema(Schema):
     customer_id = fields.Integer(required=True, strict=True, validate=validate.Range(1, INT32_MAX))
     book_id = fields.Integer(required=True, strict=True, validate=validate.Range(1, INT32_MAX))
@@ -35,7 +43,7 @@ class OrderSchema(Schema):
     book_id = fields.Integer()
     title = fields.String()
     qty = fields.Integer()
-    amount = fields.Decimal(as_string=True, metadata={"description": "price x qty, computed by the server"})
+    amount = Money(metadata={"description": "price x qty, computed by the server"})
     amount_cents = fields.Integer()
     status = fields.String(metadata={"enum": ["PENDING", "PAID", "SHIPPED", "REJECTED", "CANCELLED"]})
     reason = fields.String(allow_none=True)
@@ -81,7 +89,7 @@ class SagaSchema(Schema):
 class BookSchema(Schema):
     id = fields.Integer()
     title = fields.String()
-    price = fields.Decimal(as_string=True)
+    price = Money()
     price_cents = fields.Integer()
 
 
@@ -90,7 +98,7 @@ class CustomerOrderSchema(Schema):
     book_id = fields.Integer()
     title = fields.String()
     qty = fields.Integer()
-    amount = fields.Decimal(as_string=True)
+    amount = Money()
     status = fields.String()
     saga_id = fields.Integer(allow_none=True)
     created_at = fields.DateTime()
