@@ -21,7 +21,7 @@ from tests.unit.fakes import make_runtime
 
 RUN = "in process, each case sent with the storefront, support and viewer tokens"
 ROLES = sorted(TEST_TOKENS)
-MAX_EXAMPLES = 5  # per operation and phase: this run's share of CI stays well under a minute
+MAX_EXAMPLES = 10  # per operation and phase: this run's share of CI stays under a minute
 # Without a broker (a recording publisher stands in for it) the readiness probes answer their documented 503.
 BROKERLESS_PROBES = {"GET /health", "GET /readyz"}
 
