@@ -76,6 +76,9 @@ def complete(path: str, operation: dict[str, Any]) -> None:
     if "requestBody" in operation:
         for status, description in BODY_ERRORS.items():
             responses.setdefault(str(status), problem_response(description))
+    else:  # the body checks come before routing: a body sent where none is taken is held to them too
+        for status in (413, 415):
+            responses.setdefault(str(status), problem_response(f"{BODY_ERRORS[status]} (this operation takes none)"))
     if any(p.get("in") == "query" for p in operation["parameters"] if isinstance(p, dict)):
         responses.setdefault("422", problem_response("An invalid query parameter; `errors` names it"))
     if "{" in path:

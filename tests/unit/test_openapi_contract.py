@@ -98,6 +98,7 @@ def test_every_operation_declares_x_request_id_and_every_answer_documents_it(spe
 def test_operations_document_the_statuses_the_app_answers_around_their_views(spec: dict[str, Any]) -> None:
     for method, path, operation in operations(spec):
         codes = set(operation["responses"])
+        assert {"413", "415"} <= codes, (method, path)  # a body too large or not JSON, sent with any request
         if "requestBody" in operation:
             assert {"400", "413", "415", "422"} <= codes, (method, path)
         if "{" in path:
@@ -135,6 +136,7 @@ def test_real_errors_match_their_documented_status_and_the_problem_schema(spec: 
                                         headers={"Idempotency-Key": "k" * 201})),
         ("GET", "/customers/{customer_id}/orders", client.get(f"/customers/1/orders?page={HUGE}")),
         ("GET", "/notifications", client.get(f"/notifications?customer_id={HUGE}")),
+        ("GET", "/books", client.get("/books", data="not json", content_type="text/plain")),
     ]
     for method, path, response in cases:
         assert_problem_matches_the_document(spec, method, path, response)
