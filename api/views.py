@@ -36,7 +36,8 @@ from services.runtime import Runtime
 ID = f"int(max={INT32_MAX})"
 MAX_WAIT_S = 30
 MAX_IDEMPOTENCY_KEY = 200
-IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
                    "description": f"Your key for this order (at most {MAX_IDEMPOTENCY_KEY} characters): a POST retried "
                                   "with the same key and body answers the same order (Idempotent-Replayed: true); "
                                   "the same key with another body answers 409"}

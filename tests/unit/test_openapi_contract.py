@@ -80,6 +80,7 @@ def test_post_orders_declares_idempotency_key_prefer_and_the_headers_it_answers(
     headers = {p["name"]: p for p in post["parameters"] if p["in"] == "header"}
     assert {"Idempotency-Key", "Prefer", "X-Request-ID"} <= set(headers)
     assert not headers["Idempotency-Key"]["required"] and not headers["Prefer"]["required"]
+    assert headers["Idempotency-Key"]["schema"]["maxLength"] == 200  # a longer key answers 422
     assert {"Location", "Idempotent-Replayed", "Preference-Applied"} <= set(post["responses"]["202"]["headers"])
     assert post["responses"]["202"]["headers"]["Location"]["required"] is True
     assert post["responses"]["201"]["headers"]["Preference-Applied"]["required"] is True
