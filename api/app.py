@@ -23,6 +23,13 @@ from services.admission import Admission
 from services.health import Readiness
 from services.runtime import Runtime, build_runtime
 
+API_DESCRIPTION = (
+    "Orders for an online bookstore, carried by an orchestrated saga.\n\n"
+    "Every operation but the probes (and /metrics unless METRICS_ROLE is set) needs a bearer token (`bearerAuth`); "
+    "`x-roles` names the roles it takes. Every error is `application/problem+json` (RFC 9457, the `Problem` "
+    "schema). Every answer carries `X-Request-ID`; a 503 `Retry-After` (but a probe's), a 405 `Allow`. Query "
+    "parameters the API does not know are ignored.")
+
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
     """Build the API: configuration from the environment unless given, a runtime per app. Without any API token
@@ -37,7 +44,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
-        API_SPEC_OPTIONS={"info": {"description": "Orders for an online bookstore, carried by an orchestrated saga."}},
+        API_SPEC_OPTIONS={"info": {"description": API_DESCRIPTION}},
         SQLALCHEMY_DATABASE_URI=normalize_url(settings.database_url),
         SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url, settings.db_pool_size),
         JSON_SORT_KEYS=False,
