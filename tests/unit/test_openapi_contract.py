@@ -11,8 +11,10 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from api.paging import MAX_PAGE
+from domain.model import OrderStatus
 from services.runtime import Runtime
 from tests.support import api_client
+from tests.unit.test_prefer_wait import ORDER, ended_as
 
 PROBLEM = "application/problem+json"
 HUGE = "99999999999999999999"
@@ -50,8 +52,20 @@ def assert_problem_matches_the_document(spec: dict[str, Any], method: str, path:
     assert documented is not None, f"{method} {path} answered {response.status_code}, which is not documented"
     assert response.mimetype == PROBLEM
     assert list(resolved(spec, documented)["content"]) == [PROBLEM]
-    schema = {"$ref": "#/components/schemas/Problem", "components": spec["components"]}
+    schema = {"$ref": "#/components/schemas/Problem", "components": nullable_as_json_schema(spec["components"])}
     jsonschema.validate(response.get_json(), schema)
+
+
+def nullable_as_json_schema(node: Any) -> Any:
+    """OpenAPI 3.0's `nullable: true` as JSON Schema says it: null among the types."""
+    if isinstance(node, list):
+        return [nullable_as_json_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {k: nullable_as_json_schema(v) for k, v in node.items() if k != "nullable"}
+    if node.get("nullable") and "type" in node:
+        converted["type"] = [node["type"], "null"]
+    return converted
 
 
 def test_every_error_answer_is_documented_as_problem_json_with_the_problem_schema(spec: dict[str, Any]) -> None:
@@ -156,3 +170,16 @@ def test_a_405_names_the_allowed_methods(client: FlaskClient) -> None:
     response = client.delete("/orders")
     assert response.status_code == 405 and response.mimetype == PROBLEM
     assert {m.strip() for m in response.headers["Allow"].split(",")} >= {"POST"}
+
+
+def test_the_problems_with_extension_members_match_the_problem_schema(spec: dict[str, Any], runtime: Runtime,
+                                                                      client: FlaskClient) -> None:
+    ended_as(runtime, client, OrderStatus.REJECTED)
+    rejected = client.post("/orders", json=ORDER, headers={"Idempotency-Key": "k1", "Prefer": "wait=1"})
+    assert rejected.status_code == 402 and rejected.get_json()["order"]["status"] == "REJECTED"
+    assert_problem_matches_the_document(spec, "POST", "/orders", rejected)
+    saga_id = client.post("/orders", json=ORDER).get_json()["saga_id"]
+    support = api_client(client.application, "support")
+    refused = support.post(f"/admin/sagas/{saga_id}/retry", json={"reason": "why not"})
+    assert refused.status_code == 409 and refused.get_json()["saga_id"] == saga_id
+    assert_problem_matches_the_document(spec, "POST", "/admin/sagas/{saga_id}/{action}", refused)
