@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 # The fast tier (tests/unit: in process, SQLite, fakes) alone must cover services/ at 90 % or more.
 FAST = $(BIN)/python -m pytest tests/unit --cov=services --cov-report=term-missing:skip-covered --cov-fail-under=90
 
-.PHONY: install run test test-fast test-unit test-browser migrate clean
+.PHONY: install run test test-fast test-unit test-browser test-contract migrate clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: install
 
 test-fast test-unit: install
 	$(FAST)
+
+# Schemathesis over the OpenAPI document: in process, then over HTTP against gunicorn on PostgreSQL and Redis
+test-contract: install
+	$(BIN)/python -m pytest tests/contract
 
 # the console in headless Chromium alone; screenshots in var/screenshots/
 test-browser: install

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask
 from flask.views import MethodView
-from flask_smorest import Api, Blueprint
+from flask_smorest import Api
 from werkzeug.routing import BaseConverter
 
 from api.admin_schemas import (
@@ -26,6 +26,7 @@ from api.admin_schemas import (
     WhoamiSchema,
 )
 from api.auth import current_principal, requires
+from api.paging import Blueprint
 from api.views import ID, runtime
 from services import bulk, saga_search
 from services.saga_search import SagaFilter

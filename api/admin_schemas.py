@@ -1,7 +1,7 @@
 """Marshmallow schemas of the support API under /admin."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from marshmallow import Schema, ValidationError, fields, validate
 
@@ -9,17 +9,21 @@ from api.schemas import INT32_MAX, RequestSchema, StepSchema, text
 
 SAGA_STATUSES = ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "FAILED"]
 ACTIONS = ["retry", "resume", "skip", "compensate", "cancel"]
-EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+# The year as written, 1970 to 9998: any offset then has a UTC instant to compare with (year 1 or 9999 with an
+# offset may not); the pattern says the same in the OpenAPI document.
+FIRST_YEAR, LAST_YEAR = 1970, 9998
+YEAR_PATTERN = r"^(19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-"
+TIME_RULE = f"an ISO 8601 date-time with an offset, in the years {FIRST_YEAR} to {LAST_YEAR}"
 
 
 def in_time_range(value: datetime) -> None:
-    """1970 to 9999 in UTC: a year-1 or year-9999 instant with an offset has no UTC datetime to compare with."""
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError:
-        utc = None
-    if utc is None or not EARLIEST <= utc < LATEST:
-        raise ValidationError("must be between 1970-01-01 and 9999-01-01 (UTC)")
+    if not FIRST_YEAR <= value.year <= LAST_YEAR:
+        raise ValidationError(f"must be {TIME_RULE}")
+
+
+def time_filter(description: str) -> fields.AwareDateTime:
+    return fields.AwareDateTime(validate=in_time_range, metadata={
+        "description": f"{description} ({TIME_RULE})", "pattern": YEAR_PATTERN})
 
 
 class SagaFilterSchema(Schema):
@@ -31,10 +35,8 @@ class SagaFilterSchema(Schema):
     error = text(200, 1, line=True, metadata={"description": "text in the saga's reason or a step's error, any case"})
     order_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
     customer_id = fields.Integer(validate=validate.Range(1, INT32_MAX))
-    since = fields.AwareDateTime(validate=in_time_range, metadata={
-        "description": "created at or after (ISO 8601 with offset, 1970 to 9999)"})
-    until = fields.AwareDateTime(validate=in_time_range, metadata={
-        "description": "created before (ISO 8601 with offset, 1970 to 9999)"})
+    since = time_filter("created at or after")
+    until = time_filter("created before")
 
 
 class SagaSummarySchema(Schema):

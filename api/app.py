@@ -7,9 +7,12 @@ from flask_sqlalchemy import SQLAlchemy
 from api.admin import admin, register_converters
 from api.auth import NO_TOKENS, NoTokens, protect
 from api.console import console
+from api.contract import ContractPlugin
+from api.docs import docs
 from api.metrics import metrics_blueprint
 from api.problems import ProblemApi, register_problem_handlers
 from api.request_ids import track_request_ids
+from api.schemas import Money
 from api.security_headers import bound_request_bodies, secure_responses
 from api.views import blp
 from infra import tracing
@@ -20,7 +23,12 @@ from services.admission import Admission
 from services.health import Readiness
 from services.runtime import Runtime, build_runtime
 
-SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
+API_DESCRIPTION = (
+    "Orders for an online bookstore, carried by an orchestrated saga.\n\n"
+    "Every operation but the probes (and /metrics unless METRICS_ROLE is set) needs a bearer token (`bearerAuth`); "
+    "`x-roles` names the roles it takes. Every error is `application/problem+json` (RFC 9457, the `Problem` "
+    "schema). Every answer carries `X-Request-ID`; a 503 `Retry-After` (but a probe's), a 405 `Allow`. Query "
+    "parameters the API does not know are ignored.")
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
@@ -36,9 +44,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_CDN,
-        API_SPEC_OPTIONS={"info": {"description": "Orders for an online bookstore, carried by an orchestrated saga."}},
+        API_SPEC_OPTIONS={"info": {"description": API_DESCRIPTION}},
         SQLALCHEMY_DATABASE_URI=normalize_url(settings.database_url),
         SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url, settings.db_pool_size),
         JSON_SORT_KEYS=False,
@@ -51,12 +57,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     track_request_ids(app)
     secure_responses(app)
     bound_request_bodies(app, settings.max_body_bytes)
-    api = ProblemApi(app)
+    api = ProblemApi(app, spec_kwargs={"extra_plugins": [ContractPlugin()]})
+    api.register_field(Money, "string", "decimal")
     register_converters(app, api)
     api.register_blueprint(blp)
     api.register_blueprint(admin)
     api.register_blueprint(metrics_blueprint(settings.metrics_role))
     app.register_blueprint(console)
+    app.register_blueprint(docs)
     register_problem_handlers(app)
     protect(app, api, settings.api_tokens)
     tracing.configure(settings, "bookmarket-api", flask_app=app)

@@ -15,7 +15,8 @@ from flask_smorest import Api, Blueprint
 from flask_smorest.utils import load_info_from_docstring
 from werkzeug.routing import Rule
 
-from api.problems import PROBLEM, problem
+from api.contract import problem_response
+from api.problems import problem
 from api.schemas import ProblemSchema
 from infra.tokens import INCLUDES, ROLES, Principal, Tokens
 
@@ -23,7 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 SCHEME = "bearerAuth"
 REALM = 'Bearer realm="bookmarket"'
 PUBLIC = "public"
-DOCS_BLUEPRINT = "api-docs."  # flask-smorest's /openapi.json and /docs: open
+DOCS_BLUEPRINT = "api-docs."  # flask-smorest's /openapi.json: open
 NO_TOKENS = ("BOOKMARKET_TOKENS is not set, so the API would let no one in. Set it to role=token entries, e.g. "
              "storefront=<token>,support=<token> (see the README, Access), or start the API with `bookmarket up`, "
              "which makes tokens in its data folder, or `bookmarket api`, which uses them.")
@@ -125,12 +126,13 @@ def _document(api: Api) -> None:
     components = api.spec.components
     components.security_scheme(SCHEME, {
         "type": "http", "scheme": "bearer",
-        "description": "A token of BOOKMARKET_TOKENS (`bookmarket up` prints the ones it made); each operation "
-                       "names the roles it takes in x-roles",
+        "description": "A token of BOOKMARKET_TOKENS (`bookmarket up` prints the ones it made). Its role is one "
+                       "of: storefront (orders, sagas, the catalog, read models), viewer (the /admin reads) and "
+                       "support (everything, /admin actions included); each operation names the roles it takes in "
+                       "x-roles. A missing or unknown token answers 401, a role without the one needed 403.",
     })
     components.schema("Problem", schema=ProblemSchema)
-    challenge = {"description": "RFC 6750 challenge", "schema": {"type": "string"}}
+    challenge = {"description": "RFC 6750 challenge", "required": True, "schema": {"type": "string"}}
     for name, description in (("BEARER_UNAUTHORIZED", "No bearer token, or one that is not valid"),
                               ("BEARER_FORBIDDEN", "The token's role does not include the role this needs")):
-        components.response(name, {"description": description, "headers": {"WWW-Authenticate": challenge},
-                                   "content": {PROBLEM: {"schema": "Problem"}}})
+        components.response(name, problem_response(description, **{"WWW-Authenticate": challenge}))

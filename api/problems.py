@@ -42,7 +42,14 @@ def field_problem(field: str, message: str) -> Response:
 
 
 class ProblemApi(Api):  # type: ignore[misc]
-    """flask-smorest's Api, answering its errors as problem+json and keeping the 405's Allow header."""
+    """flask-smorest's Api, answering its errors as problem+json and keeping the 405's Allow header. The error
+    responses it documents are api/contract.py's (problem+json), not its own `{code, message}`."""
+
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def _register_responses(self) -> None:
+        """Register none of flask-smorest's error responses (and so not its Error schema): api/contract.py
+        documents each error an operation can answer."""
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         status = error.code or 500

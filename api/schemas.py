@@ -8,11 +8,16 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 INT32_MAX = 2_147_483_647
-# What no text field takes: C0 control characters (free text keeps tab, line feed and carriage return), DEL, and
-# UTF-16 surrogates (JSON's "\ud800" decodes to one that no database can store; PostgreSQL refuses NUL in text).
-TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]*$"
-LINE_PATTERN = r"^[^\x00-\x1f\x7f\ud800-\udfff]*$"
+# What no text field takes: C0 control characters (free text keeps tab, line feed and carriage return) and DEL,
+# written with \uXXXX escapes, which Python and ECMA regular expressions read alike; and lone UTF-16 surrogates
+# (JSON's "\ud800" decodes to one that no database can store), refused by a check of their own: regular expression
+# engines disagree on surrogates (ECMA's reads every character past U+FFFF as two), so the documented pattern
+# leaves them out and the field's description says so.
+TEXT_PATTERN = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]*$"
+LINE_PATTERN = r"^[^\u0000-\u001f\u007f]*$"
+SURROGATE = re.compile(r"[\ud800-\udfff]")
 NO_CONTROLS = "control characters (NUL and the like) are not allowed"
+NO_SURROGATES = "lone UTF-16 surrogates are not allowed"
 
 
 class _Pattern(validate.Regexp):
@@ -25,10 +30,20 @@ class _Pattern(validate.Regexp):
         return value
 
 
+def _no_surrogates(value: str) -> None:
+    if SURROGATE.search(value):
+        raise ValidationError(NO_SURROGATES)
+
+
 def text(max_length: int, min_length: int | None = None, line: bool = False, **kwargs: Any) -> fields.String:
-    """A string field bounded in length and refusing control characters (`line`: a single line, no tab either)."""
+    """A string field bounded in length and refusing control characters (`line`: a single line, no tab either)
+    and lone surrogates."""
     pattern = _Pattern(re.compile(LINE_PATTERN if line else TEXT_PATTERN), error=NO_CONTROLS)
-    return fields.String(validate=[validate.Length(min_length, max_length), pattern], **kwargs)
+    metadata = dict(kwargs.pop("metadata", {}))
+    rule = "no control characters" + (", one line" if line else "") + ", no lone UTF-16 surrogates"
+    metadata["description"] = f"{metadata['description']} ({rule})" if metadata.get("description") else rule
+    return fields.String(validate=[validate.Length(min_length, max_length), pattern, _no_surrogates],
+                         metadata=metadata, **kwargs)
 
 
 class RequestSchema(Schema):
@@ -40,6 +55,14 @@ class RequestSchema(Schema):
 
 def cents(value: int) -> Decimal:
     return (Decimal(value) / 100).quantize(Decimal("0.01"))
+
+
+class Money(fields.Decimal):
+    """An amount in currency units, sent as a string ("42.99") so that no client reads it as a float; documented
+    as a string of format decimal (api/app.py registers the mapping)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(as_string=True, **kwargs)
 
 
 class OrderCreateSchema(RequestSchema):
@@ -64,7 +87,7 @@ class OrderSchema(Schema):
     book_id = fields.Integer()
     title = fields.String()
     qty = fields.Integer()
-    amount = fields.Decimal(as_string=True, metadata={"description": "price x qty, computed by the server"})
+    amount = Money(metadata={"description": "price x qty, computed by the server"})
     amount_cents = fields.Integer()
     status = fields.String(metadata={"enum": ["PENDING", "PAID", "SHIPPED", "REJECTED", "CANCELLED"]})
     reason = fields.String(allow_none=True)
@@ -110,7 +133,7 @@ class SagaSchema(Schema):
 class BookSchema(Schema):
     id = fields.Integer()
     title = fields.String()
-    price = fields.Decimal(as_string=True)
+    price = Money()
     price_cents = fields.Integer()
 
 
@@ -119,7 +142,7 @@ class CustomerOrderSchema(Schema):
     book_id = fields.Integer()
     title = fields.String()
     qty = fields.Integer()
-    amount = fields.Decimal(as_string=True)
+    amount = Money()
     status = fields.String()
     saga_id = fields.Integer(allow_none=True)
     created_at = fields.DateTime()
@@ -159,11 +182,19 @@ class ReadySchema(Schema):
 
 
 class ProblemSchema(Schema):
-    type = fields.String()
-    title = fields.String()
-    status = fields.Integer()
-    detail = fields.String()
-    errors = fields.Dict(metadata={"description": "field -> messages, for 422"})
+    """Every error, as api/problems.py sends it (RFC 9457): four members always, extension members on some."""
+
+    type = fields.String(required=True, metadata={"description": "always about:blank: the status says it all"})
+    title = fields.String(required=True, metadata={"description": "the status's phrase, e.g. Not Found"})
+    status = fields.Integer(required=True, metadata={"description": "the HTTP status code"})
+    detail = fields.String(required=True, metadata={"description": "what went wrong, for a person"})
+    errors = fields.Dict(metadata={"description": "400 and 422: field -> its messages (nested for a nested body)"})
+    order = fields.Nested(OrderSchema, metadata={"description": "402 of POST /orders: the REJECTED order"})
+    saga_id = fields.Integer(metadata={"description": "409 of a support action: the saga it was refused on"})
+    state = fields.String(allow_none=True,
+                          metadata={"description": "409 of a support action: the saga's state, e.g. FAILED:pay"})
+    checks = fields.Dict(keys=fields.String(), values=fields.String(),
+                         metadata={"description": "503 of /readyz: each dependency: ok, timeout: ... or error: ..."})
 
 
 def with_amount(row: Any) -> dict[str, Any]:

@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import current_app, request, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.auth import current_principal, public, requires
+from api.paging import Blueprint
 from api.problems import problem
 from api.schemas import (
     INT32_MAX,
@@ -36,13 +36,26 @@ from services.runtime import Runtime
 ID = f"int(max={INT32_MAX})"
 MAX_WAIT_S = 30
 # An Idempotency-Key is 1 to 200 visible ASCII characters (a UUID, a ULID, a client's order number).
-IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,200}")
+MAX_IDEMPOTENCY_KEY = 200
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"[!-~]{1,200}")
 IDEMPOTENCY_KEY_RULE = "1 to 200 visible ASCII characters (no spaces or control characters)"
-ORDER_HEADERS = [
-    {"in": "header", "name": "Idempotency-Key", "required": False,
-     "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]{1,200}$"},
-     "description": "a retried POST from the same token gets the same order back; kept IDEMPOTENCY_KEY_TTL_S (24 h)"},
-]
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY,
+                              "pattern": "^[!-~]{1,200}$"},
+                   "description": f"Your key for this order ({IDEMPOTENCY_KEY_RULE}): a POST retried by the same "
+                                  "token with the same key and body answers the same order (Idempotent-Replayed: "
+                                  "true); the same key with another body answers 409; another token's keys are its "
+                                  "own; kept IDEMPOTENCY_KEY_TTL_S (24 h)"}
+PREFER = {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"}, "example": "wait=10",
+          "description": f"`wait=N`: wait up to N seconds for the payment outcome before answering (RFC 7240); "
+                         f"more than {MAX_WAIT_S} is clamped to {MAX_WAIT_S}; other preferences are ignored"}
+LOCATION = {"description": "The order's URL", "required": True, "schema": {"type": "string"}}
+REPLAYED = {"description": "`true` when an earlier POST with this Idempotency-Key placed the order",
+            "schema": {"type": "string", "enum": ["true"]}}
+APPLIED = {"description": "The wait applied, e.g. `wait=10`", "required": True, "schema": {"type": "string"}}
+PLACED = {"Location": LOCATION, "Idempotent-Replayed": REPLAYED,
+          "Preference-Applied": {**APPLIED, "required": False}}
+SETTLED = {"Location": LOCATION, "Idempotent-Replayed": REPLAYED, "Preference-Applied": APPLIED}
 blp = Blueprint("orders", __name__, description="Book orders, their sagas, the catalog and read models")
 
 
@@ -78,24 +91,27 @@ def requested_wait() -> float | None:
 @blp.route("/orders")
 class Orders(MethodView):
     @requires("storefront")
-    @blp.doc(parameters=ORDER_HEADERS)
     @blp.arguments(OrderCreateSchema)
-    @blp.response(202, OrderSchema, description="Accepted: the saga runs; poll the Location")
-    @blp.alt_response(201, schema=OrderSchema, description="With `Prefer: wait=N`: paid within N seconds")
-    @blp.alt_response(200, schema=OrderSchema,
+    @blp.doc(parameters=[IDEMPOTENCY_KEY, PREFER])
+    @blp.response(202, OrderSchema, description="Accepted: the saga runs; poll the Location", headers=PLACED)
+    @blp.alt_response(201, schema=OrderSchema, description="With `Prefer: wait=N`: paid within N seconds",
+                      headers=SETTLED)
+    @blp.alt_response(200, schema=OrderSchema, headers=SETTLED,
                       description="With `Prefer: wait=N`: the order ended otherwise within N seconds (cancelled, "
                                   "e.g. refunded after a delivery refusal): the order as it is")
     @blp.alt_response(402, description="With `Prefer: wait=N`: payment declined or failed, the order REJECTED "
-                                        "(problem+json with the order)")
+                                        "(problem+json with the order in `order`)", headers=SETTLED)
     @blp.alt_response(409, description="Idempotency-Key reused by the same caller for a different order")
-    @blp.alt_response(422, description="Invalid input; the problem names the field")
-    @blp.alt_response(503, description="Temporarily unable to take orders; see Retry-After")
+    @blp.alt_response(422, description="Invalid input (or a malformed Idempotency-Key); the problem names the "
+                                        "field")
+    @blp.alt_response(503, description="Temporarily unable to take orders (overloaded, or the database is down); "
+                                        "see Retry-After")
     def post(self, data: dict[str, Any]) -> Any:
         """Place an order. Headers: `Idempotency-Key` (1 to 200 visible ASCII characters: a retried POST from the
         same token returns the same order; another token's keys are its own; kept IDEMPOTENCY_KEY_TTL_S, 24 h),
         `Prefer: wait=N` (wait up to N seconds for the payment outcome; more than 30 is clamped to 30)."""
-        key = request.headers.get("Idempotency-Key") or None
-        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        key = request.headers.get("Idempotency-Key")  # present but empty is malformed, not absent
+        if key is not None and not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
             return problem(422, "Unprocessable Entity", f"Idempotency-Key: {IDEMPOTENCY_KEY_RULE}",
                            errors={"Idempotency-Key": [IDEMPOTENCY_KEY_RULE]})
         rt, admission = runtime(), current_app.extensions["bookmarket.admission"]
@@ -144,7 +160,8 @@ class OrderById(MethodView):
 class CancelOrder(MethodView):
     @requires("storefront")
     @blp.arguments(CancelSchema, required=False)
-    @blp.response(202, OrderSchema, description="Cancel recorded; the order ends CANCELLED")
+    @blp.response(202, OrderSchema, description="Cancel recorded; the order ends CANCELLED",
+                  headers={"Location": LOCATION})
     @blp.alt_response(404, description="No such order")
     @blp.alt_response(409, description="The order was rejected, or its saga is parked for support")
     def post(self, data: dict[str, Any], order_id: int) -> Any:

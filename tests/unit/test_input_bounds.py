@@ -149,8 +149,12 @@ def test_every_request_string_has_a_max_length_in_the_openapi(app: Flask) -> Non
     spec = app.test_client().get("/openapi.json").get_json()
     strings = list(request_strings(spec))
     assert len(strings) >= 12
+    # Two headers are read leniently rather than refused, so they state no bound the API would enforce (gunicorn
+    # caps every header at 8,190 bytes): an X-Request-ID that is not sensible is replaced by a new id, and
+    # preferences other than `wait=N` are ignored (RFC 7240).
+    lenient = ("X-Request-ID", "Prefer")
     unbounded = [where for where, schema in strings if "maxLength" not in schema and "enum" not in schema
-                 and "format" not in schema and "pattern" not in schema]
+                 and "format" not in schema and "pattern" not in schema and not where.endswith(lenient)]
     assert unbounded == []
 
 
@@ -248,9 +252,10 @@ def test_an_integer_beyond_its_range_in_a_body_is_a_422_naming_it(app: Flask, fi
     assert_names(response, field)
 
 
-@pytest.mark.parametrize("when", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "1969-12-31T23:59:59Z"])
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "1969-12-31T23:59:59Z",
+                                  "9999-01-01T00:00:00Z"])
 @pytest.mark.parametrize("field", ["since", "until"])
-def test_a_time_filter_outside_1970_to_9999_is_a_422_naming_it(app: Flask, field: str, when: str) -> None:
+def test_a_time_filter_outside_the_years_1970_to_9998_is_a_422_naming_it(app: Flask, field: str, when: str) -> None:
     client = client_of(app, "support")
     assert_names(client.get("/admin/sagas", query_string={field: when}), field)
     assert_names(client.get("/admin/sagas/counts", query_string={field: when}), field)
@@ -260,9 +265,10 @@ def test_a_time_filter_outside_1970_to_9999_is_a_422_naming_it(app: Flask, field
 
 def test_a_time_filter_at_the_edges_of_its_range_is_taken(app: Flask) -> None:
     client = client_of(app, "viewer")
-    response = client.get("/admin/sagas", query_string={"since": "1970-01-01T00:00:00Z",
-                                                        "until": "9998-12-31T23:59:59+00:00"})
-    assert response.status_code == 200, response.get_data(as_text=True)
+    for since, until in (("1970-01-01T00:00:00Z", "9998-12-31T23:59:59+00:00"),
+                         ("1970-01-01T00:30:00+14:00", "9998-12-31T23:00:00-14:00")):  # as written: any offset
+        response = client.get("/admin/sagas", query_string={"since": since, "until": until})
+        assert response.status_code == 200, response.get_data(as_text=True)
 
 
 def test_a_bulk_run_batch_size_out_of_range_is_a_422(app: Flask) -> None:
