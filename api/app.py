@@ -7,8 +7,10 @@ from flask_sqlalchemy import SQLAlchemy
 from api.admin import admin
 from api.auth import NO_TOKENS, NoTokens, protect
 from api.console import console
+from api.cors import allow_origins
 from api.metrics import metrics_blueprint
 from api.problems import ProblemApi, register_problem_handlers
+from api.rate_limits import limit_orders, trust_proxies
 from api.request_ids import track_request_ids
 from api.security_headers import bound_request_bodies, secure_responses
 from api.views import blp
@@ -58,6 +60,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.register_blueprint(console)
     register_problem_handlers(app)
     protect(app, api, settings.api_tokens)
+    limit_orders(app, settings)  # after protect: a request without a valid token is refused before it is counted
+    allow_origins(app, settings.cors_origins)
+    trust_proxies(app, settings.trusted_proxies)
     tracing.configure(settings, "bookmarket-api", flask_app=app)
     return app
 

@@ -73,6 +73,8 @@ class Orders(MethodView):
                                         "(problem+json with the order)")
     @blp.alt_response(409, description="Idempotency-Key reused for a different order")
     @blp.alt_response(422, description="Invalid input; the problem names the field")
+    @blp.alt_response(429, description="Too many orders from this token or client address "
+                                        "(RATE_LIMIT_ORDERS_PER_TOKEN, RATE_LIMIT_ORDERS_PER_ADDRESS); see Retry-After")
     @blp.alt_response(503, description="Temporarily unable to take orders; see Retry-After")
     def post(self, data: dict[str, Any]) -> Any:
         """Place an order. Headers: `Idempotency-Key` (a retried POST returns the same order),
