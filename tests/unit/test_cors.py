@@ -71,3 +71,13 @@ def test_support_routes_are_never_opened_to_another_origin(runtime: Runtime) -> 
     client = client_with(runtime, SHOP)
     assert cors_headers(preflight(client, SHOP, "/admin/sagas", "GET")) == {}
     assert cors_headers(client.get("/metrics", headers={"Origin": SHOP})) == {}
+
+
+def test_a_listed_origins_page_can_read_a_429s_retry_after(runtime: Runtime) -> None:
+    settings = replace(runtime.settings, cors_origins=(SHOP,), rate_limit_orders_per_token="1/hour")
+    client = api_client(create_app(settings, runtime=runtime))
+    order = {"customer_id": 1, "book_id": 1, "qty": 1}
+    assert client.post("/orders", json=order, headers={"Origin": SHOP}).status_code == 202
+    refused = client.post("/orders", json=order, headers={"Origin": SHOP})
+    assert refused.status_code == 429 and refused.headers["Access-Control-Allow-Origin"] == SHOP
+    assert "Retry-After" in refused.headers["Access-Control-Expose-Headers"]

@@ -101,8 +101,9 @@ def test_reads_cancels_and_refused_tokens_are_not_counted(runtime: Runtime) -> N
 def test_an_unreachable_storage_fails_open_instead_of_refusing_orders(runtime: Runtime) -> None:
     nowhere = f"redis://127.0.0.1:{free_port()}/0"
     client = client_with(runtime, rate_limit_storage_url=nowhere, rate_limit_timeout_s=0.2,
-                         rate_limit_orders_per_token="5 per hour", rate_limit_orders_per_address="5 per hour")
+                         rate_limit_orders_per_token="3 per hour", rate_limit_orders_per_address="5 per hour")
     assert [place(client).status_code for _ in range(3)] == [202] * 3
+    assert place(client).status_code == 429  # meanwhile the process counts in memory
 
 
 def test_both_limits_off_place_orders_without_a_limiter(runtime: Runtime) -> None:
