@@ -10,6 +10,7 @@ Every answer on the way is the documented one: never a 500.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections import Counter, defaultdict
@@ -238,7 +239,8 @@ class OrdersThroughTheApi(RuleBasedStateMachine):
 
 
 OrdersThroughTheApi.TestCase.settings = settings(
-    max_examples=30, stateful_step_count=25, deadline=None,
+    # 30 sequences of up to 25 calls: about 6 s; HYPOTHESIS_STATEFUL_EXAMPLES=500 for a longer hunt (about 2 min)
+    max_examples=int(os.environ.get("HYPOTHESIS_STATEFUL_EXAMPLES", "30")), stateful_step_count=25, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_orders_through_the_api_keep_the_chaos_invariants = OrdersThroughTheApi.TestCase
