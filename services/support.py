@@ -339,6 +339,7 @@ def allowed_actions(definition: SagaDefinition, saga: SagaRecord) -> list[str]:
         if definition.compensations:
             allowed.append(Action.COMPENSATE.value)
     if (saga.kind == ORDER_SAGA.kind and not saga.cancel_requested
-            and saga.status not in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATED)):
+            and saga.status not in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATED)
+            and not (saga.status is SagaStatus.FAILED and comp_begun)):  # cancel would compensate: refused
         allowed.append(Action.CANCEL.value)
     return allowed
