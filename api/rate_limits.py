@@ -9,6 +9,7 @@ each process counts in memory until Redis answers again, and no order is refused
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from typing import Any
@@ -20,7 +21,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from api.problems import problem
 from infra.config import Settings
 
+log = logging.getLogger(__name__)
 ORDERS_ENDPOINT = "orders.Orders"
+STORAGE_SCHEMES = frozenset({"redis", "rediss", "redis+unix", "memory"})
 KEY_PREFIX = "bookmarket:ratelimit"
 
 
@@ -58,6 +61,10 @@ def storage_uri(settings: Settings) -> str:
         return "redis+unix://" + url[len("redis+socket://"):]
     if url.startswith("unix://"):
         return "redis+unix://" + url[len("unix://"):]
+    if url.partition("://")[0] not in STORAGE_SCHEMES:
+        log.warning("rate limits counted per process: the limiter cannot use a %s:// Redis",
+                    url.partition("://")[0])
+        return "memory://"
     return url
 
 

