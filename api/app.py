@@ -8,9 +8,11 @@ from api.admin import admin, register_converters
 from api.auth import NO_TOKENS, NoTokens, protect
 from api.console import console
 from api.contract import ContractPlugin
+from api.cors import allow_origins
 from api.docs import docs
 from api.metrics import metrics_blueprint
 from api.problems import ProblemApi, register_problem_handlers
+from api.rate_limits import limit_orders, trust_proxies
 from api.request_ids import track_request_ids
 from api.schemas import Money
 from api.security_headers import bound_request_bodies, secure_responses
@@ -67,6 +69,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.register_blueprint(docs)
     register_problem_handlers(app)
     protect(app, api, settings.api_tokens)
+    limit_orders(app, settings)  # after protect: a request without a valid token is refused before it is counted
+    allow_origins(app, settings.cors_origins)
+    trust_proxies(app, settings.trusted_proxies)
     tracing.configure(settings, "bookmarket-api", flask_app=app)
     return app
 

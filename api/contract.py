@@ -98,6 +98,6 @@ def _complete_response(path: str, status: int, response: Any) -> None:
         headers[PAGINATION_HEADER] = PAGINATION
     if status >= 400 and "content" not in response:
         response["content"] = {PROBLEM: {"schema": PROBLEM_REF}}
-    if status == 503 and PROBLEM in response["content"] and path not in NO_RETRY_AFTER:
+    if (status == 429 or (status == 503 and PROBLEM in response["content"] and path not in NO_RETRY_AFTER)):
         headers.setdefault("Retry-After", RETRY_AFTER)
     response.setdefault("description", HTTPStatus(status).phrase)

@@ -104,6 +104,8 @@ class Orders(MethodView):
     @blp.alt_response(409, description="Idempotency-Key reused by the same caller for a different order")
     @blp.alt_response(422, description="Invalid input (or a malformed Idempotency-Key); the problem names the "
                                         "field")
+    @blp.alt_response(429, description="Too many orders from this token or client address "
+                                        "(RATE_LIMIT_ORDERS_PER_TOKEN, RATE_LIMIT_ORDERS_PER_ADDRESS); see Retry-After")
     @blp.alt_response(503, description="Temporarily unable to take orders (overloaded, or the database is down); "
                                         "see Retry-After")
     def post(self, data: dict[str, Any]) -> Any:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+
+from limits import parse_many
 
 from infra.tokens import Tokens, parse_tokens
 
@@ -19,6 +22,12 @@ from infra.tokens import Tokens, parse_tokens
 # when all three answer in 400-620 ms (about a third of the threads each, bursts included): a cap that binds in
 # normal running sends steps to wait and costs throughput (measured: 52-61 instead of 69-70 sagas/s).
 DEFAULT_BULKHEADS = '{"payment": 128, "delivery": 64, "messaging": 64}'
+# Order creations a token, and a client address, may make (Flask-Limiter's syntax; "" turns a limit off). A ceiling
+# against a runaway or hostile client, not overload control (admission answers 503 for that): ten times what the
+# system finishes (about 100 orders/s) and above what its benchmarks post (at most about 600 requests/s on two
+# cores), so a storefront at full capacity over one token and one address is never limited.
+DEFAULT_ORDERS_RATE = "1000 per second"
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,14 @@ class Settings:
     readiness_timeout_s: float
     worker_heartbeat_file: str
     worker_heartbeat_s: float
+    rate_limit_orders_per_token: str
+    rate_limit_orders_per_address: str
+    rate_limit_timeout_s: float
+    trusted_proxies: int
+    cors_origins: tuple[str, ...]
+    # Where the order rate limits are counted: "" is REDIS_URL (the fast tier gives memory://). Not read from the
+    # environment: a second Redis URL would be a second secret to keep out of ConfigMaps.
+    rate_limit_storage_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -125,6 +142,13 @@ class Settings:
             worker_heartbeat_file=_env("WORKER_HEARTBEAT_FILE",
                                        os.path.join(tempfile.gettempdir(), "bookmarket-worker.heartbeat")),
             worker_heartbeat_s=float(_env("WORKER_HEARTBEAT_S", "5")),
+            rate_limit_orders_per_token=_rate("RATE_LIMIT_ORDERS_PER_TOKEN",
+                                              _env("RATE_LIMIT_ORDERS_PER_TOKEN", DEFAULT_ORDERS_RATE)),
+            rate_limit_orders_per_address=_rate("RATE_LIMIT_ORDERS_PER_ADDRESS",
+                                                _env("RATE_LIMIT_ORDERS_PER_ADDRESS", DEFAULT_ORDERS_RATE)),
+            rate_limit_timeout_s=float(_env("RATE_LIMIT_TIMEOUT_S", "0.25")),
+            trusted_proxies=_whole("TRUSTED_PROXIES", _env("TRUSTED_PROXIES", "0")),
+            cors_origins=_origins(_env("CORS_ORIGINS", "")),
         )
 
     def describe(self) -> dict[str, object]:
@@ -174,3 +198,30 @@ def _poison(raw: str) -> dict[str, str]:
     if any(len(p) != 2 or p[1] not in ("raise", "crash") for p in pairs):
         raise ValueError(f"CHAOS_POISON_STEPS must look like 'ship:raise,notify:crash', got {raw!r}")
     return {step.strip(): how for step, how in pairs}
+
+
+def _rate(name: str, raw: str) -> str:
+    """A rate limit in Flask-Limiter's syntax ("100 per second", "20/minute"; several separated by ";"), or ""."""
+    try:
+        parse_many(raw) if raw.strip() else None
+    except ValueError:
+        raise ValueError(f"{name} must look like '100 per second' or '20/minute' (or be empty: no limit), "
+                         f"got {raw!r}") from None
+    return raw.strip()
+
+
+def _whole(name: str, raw: str) -> int:
+    if not raw.strip().isdigit():
+        raise ValueError(f"{name} must be a whole number, got {raw!r}")
+    return int(raw)
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """CORS_ORIGINS "https://shop.example.com,https://m.example.com": exact origins (scheme, host, port), no
+    wildcards, no paths."""
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if not ORIGIN.fullmatch(origin):
+            raise ValueError(f"CORS_ORIGINS: {origin!r} is not an origin like https://shop.example.com "
+                             "(scheme, host and port only; no wildcard, no path)")
+    return origins

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -24,8 +25,25 @@ REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID = 128
 _context: ContextVar[Mapping[str, Any]] = ContextVar("bookmarket_log_context", default=MappingProxyType({}))
 _HANDLER_NAME = "bookmarket"
+# Secrets a log line must never carry, whatever wrote it (a library's exception message, a URL in a traceback): a
+# URL's password, a bearer token, a libpq `password=` keyword. Each is replaced by *** where the line is formatted.
+_SECRETS = (
+    (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"]*):[^@\s'\"/]+@"), r"\1:***@"),
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
+    (re.compile(r"(?i)\b(password\s*=\s*)(?:'[^']*'|[^\s'\",;&]+)"), r"\1***"),
+)
+_HINTS = ("@", "earer", "assword")
 # The attributes every LogRecord has: anything else on a record was passed in `extra` and is written as a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+def redact(text: str) -> str:
+    """`text` with every password of a URL, bearer token and `password=` value replaced by ***."""
+    if not any(hint in text for hint in _HINTS):  # the common line: no regular expression run
+        return text
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 @contextmanager
@@ -86,7 +104,7 @@ class JsonFormatter(logging.Formatter):
             line["data"] = {k: v for k, v in data.items() if k != "traceback"}
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return redact(json.dumps(line, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -98,7 +116,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         fields = " ".join(f"{k}={getattr(record, k)}" for k in FIELDS if getattr(record, k, None) is not None)
-        return f"{text} [{fields}]" if fields else text
+        return redact(f"{text} [{fields}]" if fields else text)
 
 
 def formatter(fmt: str) -> logging.Formatter:

@@ -232,8 +232,7 @@ def _resume(rt: Runtime, conn: Connection, saga: SagaRecord, cmd: SupportAction,
     if cmd.step not in names:
         raise _refuse(saga, cmd, f"step must be one of its forward steps: {', '.join(names)}")
     _check_not_superseded(definition, saga, cmd.step, cmd)
-    if any(s.name in saga.steps and saga.steps[s.name].status == StepStatus.SUCCEEDED.value
-           for s in definition.compensations):
+    if _compensation_begun(definition, saga):  # even a compensation that failed may have refunded: never go forward
         raise _refuse(saga, cmd, "its compensation has begun; retry or skip the failed compensation instead")
     chosen = names.index(cmd.step)
     unfinished = [n for n in names[:chosen] if saga.steps[n].status != StepStatus.SUCCEEDED.value]
@@ -268,8 +267,7 @@ def _compensate(rt: Runtime, conn: Connection, saga: SagaRecord, cmd: SupportAct
                                                            else ""))
     if not definition.compensations:
         raise _refuse(saga, cmd, f"a {saga.kind} saga has nothing to undo")
-    if any(definition.is_compensation(name) for name, row in saga.steps.items()
-           if row.status != StepStatus.PENDING.value and row.status != StepStatus.SKIPPED.value):
+    if _compensation_begun(definition, saga):
         raise _refuse(saga, cmd, "its compensation has already begun; retry or skip the failed compensation")
     # A step whose outcome is unknown is taken as not done (the person acting has checked; the audit entry says
     # so): only what surely succeeded is undone.
@@ -318,6 +316,13 @@ def record_refusal(rt: Runtime, cmd: SupportAction, why: str, state: str | None)
                     detail=why)
 
 
+def _compensation_begun(definition: SagaDefinition, saga: SagaRecord) -> bool:
+    """A compensation step ran (or runs, or failed): the saga is on its way back."""
+    return any(definition.is_compensation(name) and row.status not in (StepStatus.PENDING.value,
+                                                                       StepStatus.SKIPPED.value)
+               for name, row in saga.steps.items())
+
+
 def allowed_actions(definition: SagaDefinition, saga: SagaRecord) -> list[str]:
     """The actions the saga's state allows now (what the console offers; each action checks again)."""
     allowed = []
@@ -326,9 +331,7 @@ def allowed_actions(definition: SagaDefinition, saga: SagaRecord) -> list[str]:
     undone = saga.status is SagaStatus.COMPENSATED or any(
         saga.steps[s.name].status == StepStatus.COMPENSATED.value for s in definition.compensations
         if s.name in saga.steps)
-    comp_begun = any(definition.is_compensation(n) and r.status not in (StepStatus.PENDING.value,
-                                                                         StepStatus.SKIPPED.value)
-                     for n, r in saga.steps.items())
+    comp_begun = _compensation_begun(definition, saga)
     if step is not None and settled and (definition.is_compensation(step) or not undone):
         allowed += [Action.RETRY.value, Action.SKIP.value]
     if saga.status is SagaStatus.FAILED and not comp_begun:
@@ -336,6 +339,7 @@ def allowed_actions(definition: SagaDefinition, saga: SagaRecord) -> list[str]:
         if definition.compensations:
             allowed.append(Action.COMPENSATE.value)
     if (saga.kind == ORDER_SAGA.kind and not saga.cancel_requested
-            and saga.status not in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATED)):
+            and saga.status not in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATED)
+            and not (saga.status is SagaStatus.FAILED and comp_begun)):  # cancel would compensate: refused
         allowed.append(Action.CANCEL.value)
     return allowed

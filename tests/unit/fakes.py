@@ -9,6 +9,7 @@ import functools
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ class RecordingPublisher:
 
 
 def settings_for(database_url: str) -> Settings:
+    """The fast tier's settings; the order rate limits are counted in process (tests/unit/test_rate_limits.py)."""
+    return replace(_settings_for(database_url), rate_limit_storage_url="memory://")
+
+
+def _settings_for(database_url: str) -> Settings:
     return Settings.from_env({
         "DATABASE_URL": database_url,
         "REDIS_URL": "redis://127.0.0.1:9/0",

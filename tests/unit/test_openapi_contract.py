@@ -98,9 +98,10 @@ def test_post_orders_declares_idempotency_key_prefer_and_the_headers_it_answers(
     assert {"Location", "Idempotent-Replayed", "Preference-Applied"} <= set(post["responses"]["202"]["headers"])
     assert post["responses"]["202"]["headers"]["Location"]["required"] is True
     assert post["responses"]["201"]["headers"]["Preference-Applied"]["required"] is True
-    assert {"200", "201", "202", "400", "401", "402", "403", "409", "413", "415", "422", "503"} == set(
+    assert {"200", "201", "202", "400", "401", "402", "403", "409", "413", "415", "422", "429", "503"} == set(
         post["responses"])
     assert post["responses"]["503"]["headers"]["Retry-After"]["required"] is True
+    assert post["responses"]["429"]["headers"]["Retry-After"]["required"] is True
 
 
 def test_every_operation_declares_x_request_id_and_every_answer_documents_it(spec: dict[str, Any]) -> None:
