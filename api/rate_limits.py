@@ -1,21 +1,30 @@
 """Rate limits on placing orders (POST /orders), per bearer token and per client address, counted in Redis so
-every API process shares them (Flask-Limiter, fixed windows: one Redis round trip a limit).
+every API process shares them (the `limits` library, Flask-Limiter's own core, fixed windows: one Redis round trip
+a limit).
 
 A request over a limit answers 429 problem+json with `Retry-After`. The counts are keyed by a digest of the token
 (never the token) and by the client's address: the TCP peer, or with TRUSTED_PROXIES = N the address N proxies
 in from the right of X-Forwarded-For (werkzeug's ProxyFix). If Redis cannot be reached the limiter fails open:
-each process counts in memory until Redis answers again, and no order is refused for want of a counter.
+each process counts in memory for FALLBACK_S, then tries Redis again, and no order is refused for want of a
+counter.
+
+`limits` is used directly rather than through Flask-Limiter's request hooks: Flask-Limiter resolved, filtered and
+evaluated its limits on every request in Python, which profiled at about a fifth of the API's CPU per order
+(bench/RESULTS.md); the counting itself, the part that must be right, is the same library's.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, request
-from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
+from limits import RateLimitItem, parse_many, storage, strategies
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.problems import problem
@@ -25,6 +34,7 @@ log = logging.getLogger(__name__)
 ORDERS_ENDPOINT = "orders.Orders"
 STORAGE_SCHEMES = frozenset({"redis", "rediss", "redis+unix", "memory"})
 KEY_PREFIX = "bookmarket:ratelimit"
+FALLBACK_S = 5.0  # after a Redis error, count in process memory this long before trying Redis again
 
 
 def trust_proxies(app: Flask, count: int) -> None:
@@ -33,24 +43,59 @@ def trust_proxies(app: Flask, count: int) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count)  # type: ignore[method-assign]
 
 
-def limit_orders(app: Flask, settings: Settings) -> Limiter | None:
-    """Wrap the order-creation view in the configured limits; None when both are off."""
-    limits = [(settings.rate_limit_orders_per_token, token_key, "token"),
-              (settings.rate_limit_orders_per_address, address_key, "address")]
-    limits = [limit for limit in limits if limit[0]]
-    if not limits:
+class OrderLimits:
+    """The configured limits, each with the key of what it counts, over Redis with an in-memory fallback."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.limits: list[tuple[RateLimitItem, Callable[[], str]]] = [
+            (item, key) for value, key in ((settings.rate_limit_orders_per_token, token_key),
+                                           (settings.rate_limit_orders_per_address, address_key)) if value
+            for item in parse_many(value)]
+        uri = storage_uri(settings)
+        self.shared = strategies.FixedWindowRateLimiter(
+            storage.storage_from_string(uri, key_prefix=KEY_PREFIX, **_timeouts(settings)))
+        self.local = strategies.FixedWindowRateLimiter(storage.MemoryStorage())
+        self._failed_at = -math.inf
+        self._lock = threading.Lock()
+
+    def refusal(self) -> Response | None:
+        """Count this request against every limit; the 429 of the first one it goes over, or None."""
+        for item, key in self.limits:
+            identifier = key()
+            limiter = self._limiter()
+            try:
+                allowed = limiter.hit(item, identifier)
+            except Exception:  # noqa: BLE001 - Redis down or slow: fail open onto this process's own count
+                log.warning("rate limits counted in this process for %gs: their Redis did not answer", FALLBACK_S)
+                with self._lock:
+                    self._failed_at = time.monotonic()
+                limiter = self.local
+                allowed = limiter.hit(item, identifier)
+            if not allowed:
+                return _too_many(limiter, item, identifier)
         return None
-    limiter = Limiter(
-        address_key, app=app, storage_uri=storage_uri(settings), storage_options=_timeouts(settings),
-        strategy="fixed-window", key_prefix=KEY_PREFIX, swallow_errors=True, in_memory_fallback_enabled=True,
-        headers_enabled=False, on_breach=_too_many,
-    )
+
+    def _limiter(self) -> strategies.FixedWindowRateLimiter:
+        return self.local if time.monotonic() - self._failed_at < FALLBACK_S else self.shared
+
+
+def limit_orders(app: Flask, settings: Settings) -> OrderLimits | None:
+    """Wrap the order-creation view in the configured limits; None when both are off."""
+    limits = OrderLimits(settings)
+    if not limits.limits:
+        return None
     view: Any = app.view_functions[ORDERS_ENDPOINT]
-    for value, key, scope in limits:
-        view = limiter.limit(value, key_func=key, methods=["POST"], scope=scope)(view)
-    app.view_functions[ORDERS_ENDPOINT] = view
-    app.register_error_handler(RateLimitExceeded, _answer)
-    return limiter
+
+    @functools.wraps(view)
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        if request.method == "POST":
+            refused = limits.refusal()
+            if refused is not None:
+                return refused
+        return view(*args, **kwargs)
+
+    app.view_functions[ORDERS_ENDPOINT] = limited
+    return limits
 
 
 def storage_uri(settings: Settings) -> str:
@@ -85,15 +130,9 @@ def address_key() -> str:
     return "address:" + (request.remote_addr or "unknown")
 
 
-def _too_many(limit: RequestLimit) -> Response:
-    retry_after = max(1, math.ceil(limit.window[0] - time.time()))
-    per = "this token" if any(arg.startswith("token:") for arg in limit.request_args) else "this client address"
-    return problem(429, "Too Many Requests", f"too many orders from {per}: at most {limit.limit}; try again in "
+def _too_many(limiter: strategies.FixedWindowRateLimiter, item: RateLimitItem, identifier: str) -> Response:
+    reset_at = limiter.get_window_stats(item, identifier).reset_time
+    retry_after = max(1, math.ceil(reset_at - time.time()))
+    per = "this token" if identifier.startswith("token:") else "this client address"
+    return problem(429, "Too Many Requests", f"too many orders from {per}: at most {item}; try again in "
                    f"{retry_after} s", {"Retry-After": str(retry_after)})
-
-
-def _answer(error: RateLimitExceeded) -> Response:
-    response = error.response
-    if isinstance(response, Response):
-        return response
-    return problem(429, "Too Many Requests", "too many orders; try again shortly", {"Retry-After": "1"})

@@ -22,7 +22,7 @@ from infra.tokens import Tokens, parse_tokens
 # when all three answer in 400-620 ms (about a third of the threads each, bursts included): a cap that binds in
 # normal running sends steps to wait and costs throughput (measured: 52-61 instead of 69-70 sagas/s).
 DEFAULT_BULKHEADS = '{"payment": 128, "delivery": 64, "messaging": 64}'
-# Order creations a token, and a client address, may make (Flask-Limiter's syntax; "" turns a limit off). A ceiling
+# Order creations a token, and a client address, may make (`limits` syntax; "" turns a limit off). A ceiling
 # against a runaway or hostile client, not overload control (admission answers 503 for that): ten times what the
 # system finishes (about 100 orders/s) and above what its benchmarks post (at most about 600 requests/s on two
 # cores), so a storefront at full capacity over one token and one address is never limited.
@@ -201,7 +201,7 @@ def _poison(raw: str) -> dict[str, str]:
 
 
 def _rate(name: str, raw: str) -> str:
-    """A rate limit in Flask-Limiter's syntax ("100 per second", "20/minute"; several separated by ";"), or ""."""
+    """A rate limit in `limits` syntax ("100 per second", "20/minute"; several separated by ";"), or ""."""
     try:
         parse_many(raw) if raw.strip() else None
     except ValueError:

@@ -1,4 +1,4 @@
-"""Placing orders is limited per bearer token and per client address (Flask-Limiter; in memory here, in Redis in
+"""Placing orders is limited per bearer token and per client address (the `limits` library; in memory here, in Redis in
 tests/integration/test_rate_limits.py): over a limit, 429 problem+json with Retry-After; nothing else is limited,
 and the limiter fails open when its storage cannot be reached."""
 from __future__ import annotations
