@@ -39,6 +39,8 @@ SECRET_NAMES = {"DATABASE_URL", "REDIS_URL", "BOOKMARKET_TOKENS", "FLOWER_BASIC_
 SHELL_ENV = {"BOOKMARKET_TOKENS": "storefront=compose-storefront-token,support=compose-support-token"}
 CHART_TOKENS = f"storefront=chart-storefront-token,support:ops=sha256:{'ab' * 32}"
 BOOKMARKET_SERVICES = {"migrate", "api", "worker", "beat", "flower", "sandbox"}
+BEAT_ON = {"beat": {"enabled": True}}
+NO_AUTOSCALING = {"api": {"autoscaling": {"enabled": False}}, "worker": {"autoscaling": {"enabled": False}}}
 EXTERNAL_PROVIDERS = {
     "sandbox": {"enabled": False},
     "config": {
@@ -513,7 +515,7 @@ def test_compose_checks_the_api_on_readyz_and_the_worker_with_worker_alive() -> 
     ],
 )
 def test_each_deployment_runs_its_bookmarket_command(chart: helm_python.Chart, component: str, expected: list) -> None:
-    command = pod_spec(one(render(chart), "Deployment", component))["containers"][0]["command"]
+    command = pod_spec(one(render(chart, BEAT_ON), "Deployment", component))["containers"][0]["command"]
     assert command == expected
     assert bookmarket_args(command).command == component
 
@@ -526,7 +528,8 @@ def test_the_flower_deployment_runs_bookmarket_flower_with_its_api_open(chart: h
 
 
 def test_beat_runs_exactly_one_replica_whatever_the_other_replica_counts(chart: helm_python.Chart) -> None:
-    beat = one(render(chart, {"api": {"replicas": 5}, "worker": {"replicas": 7}}), "Deployment", "beat")
+    beat = one(render(chart, {**NO_AUTOSCALING, **BEAT_ON, "api": {"replicas": 5, "autoscaling": {"enabled": False}}}),
+               "Deployment", "beat")
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["strategy"]["type"] == "Recreate"
 
@@ -536,8 +539,10 @@ def test_asking_for_more_beat_replicas_is_rejected_by_the_values_schema(chart: h
         render(chart, {"beat": {"replicas": 2}})
 
 
-def test_replica_counts_come_from_the_values(chart: helm_python.Chart) -> None:
-    docs = render(chart, {"api": {"replicas": 3}, "worker": {"replicas": 4}, "flower": {"replicas": 2}})
+def test_replica_counts_come_from_the_values_when_autoscaling_is_off(chart: helm_python.Chart) -> None:
+    docs = render(chart, {"api": {"replicas": 3, "autoscaling": {"enabled": False}},
+                          "worker": {"replicas": 4, "autoscaling": {"enabled": False}}, "flower": {"replicas": 2}})
+    assert not [d for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
     replicas = {c: one(docs, "Deployment", c)["spec"]["replicas"] for c in ("api", "worker", "flower", "sandbox")}
     assert replicas == {"api": 3, "worker": 4, "flower": 2, "sandbox": 1}
 
@@ -550,8 +555,9 @@ def test_worker_pods_get_longer_than_the_worker_shutdown_grace_and_a_provider_ca
     env = settings_env(docs)
     assert grace == 30
     assert grace > float(env["WORKER_SHUTDOWN_GRACE_S"]) >= float(env["PROVIDER_TIMEOUT_S"])
-    changed = render(chart, {"worker": {"terminationGracePeriodSeconds": 120}})
-    assert pod_spec(one(changed, "Deployment", "worker"))["terminationGracePeriodSeconds"] == 120
+    changed = render(chart, {"config": {"workerShutdownGraceS": 45.5}, "worker": {"terminationGraceMarginS": 15}})
+    assert pod_spec(one(changed, "Deployment", "worker"))["terminationGracePeriodSeconds"] == 46 + 15
+    assert settings_env(changed)["WORKER_SHUTDOWN_GRACE_S"] == "45.5"
 
 
 def test_the_migration_job_is_a_pre_install_and_pre_upgrade_hook_running_migrate(chart: helm_python.Chart) -> None:
@@ -591,7 +597,7 @@ def test_an_existing_secret_replaces_the_chart_secrets_everywhere(chart: helm_py
 
 
 def test_every_deployment_reads_the_configmap_and_the_secret(chart: helm_python.Chart) -> None:
-    docs = render(chart)
+    docs = render(chart, BEAT_ON)
     config = next(d for d in docs if d["kind"] == "ConfigMap")["metadata"]["name"]
     secret = next(d for d in docs if d["kind"] == "Secret" and "annotations" not in d["metadata"])["metadata"]["name"]
     deployments = [d for d in docs if d["kind"] == "Deployment"]
