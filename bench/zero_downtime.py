@@ -15,6 +15,7 @@ all requests; a connection error, a timeout or any other status is a failure), t
 every accepted order reached a terminal state (none lost) and the payment ledger balances.
 
     .venv/bin/python bench/zero_downtime.py --clients 20
+    .venv/bin/python bench/zero_downtime.py --clients 20 --phases cold    # the comparison: what a plain restart costs
 """
 from __future__ import annotations
 
@@ -73,7 +74,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--think-ms", type=float, default=100, help="pause of each client between two orders (100)")
     p.add_argument("--settle", type=float, default=5, help="seconds of load before, between and after events (5)")
     p.add_argument("--latency-ms", default="50,150", help="sandbox latency range of every provider (50,150)")
-    p.add_argument("--phases", default="reload,replace,workers", help="which events, in order (all three)")
+    p.add_argument("--phases", default="reload,replace,workers",
+                   help="which events, in order: reload, replace, workers, and for comparison cold (a stop and a "
+                        "start of the API, its port closed in between); default reload,replace,workers")
     p.add_argument("--drain-timeout", type=float, default=120, help="seconds to wait for the sagas to end (120)")
     p.add_argument("--keep-logs", action="store_true", help="keep the processes' logs even when nothing failed")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "zero_downtime.json"))
@@ -141,12 +144,26 @@ class Api:
     def __init__(self, env: dict[str, str], tmp: Path) -> None:
         self.port, self.tmp = free_port(), tmp
         self.pidfile = tmp / "api.pid"
-        env = dict(env, GUNICORN_CMD_ARGS=f"--pid {self.pidfile}")
-        self.handle = ProcessHandle(spawn(gunicorn_api("127.0.0.1", self.port), env, tmp / "api.log"),
-                                    log=tmp / "api.log")
+        self.env = dict(env, GUNICORN_CMD_ARGS=f"--pid {self.pidfile}")
         self.url = f"http://127.0.0.1:{self.port}"
+        self._start()
+
+    def _start(self) -> None:
+        log = self.tmp / f"api-{int(time.time() * 1000)}.log"
+        self.handle = ProcessHandle(spawn(gunicorn_api("127.0.0.1", self.port), self.env, log), log=log)
         wait_http(f"{self.url}/readyz", self.handle.proc, timeout=60)
         self.pid = self.handle.proc.pid
+
+    def cold_restart(self) -> str:
+        """For comparison, what the others avoid: stop the API (SIGTERM, graceful) and start a new one on the
+        same port once it has exited; the port is closed in between."""
+        started = time.monotonic()
+        old = self.pid
+        self.handle.stop()
+        stopped = time.monotonic() - started
+        self._start()
+        return (f"cold restart: master {old} stopped in {stopped:.1f}s, new master {self.pid} ready "
+                f"{time.monotonic() - started:.1f}s after the SIGTERM")
 
     def master(self) -> int:
         return self.pid
@@ -284,6 +301,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 settle()
             elif phase == "replace":
                 note(api.replace())
+                settle()
+            elif phase == "cold":
+                note(api.cold_restart())
                 settle()
             elif phase == "workers":
                 restart_workers(workers, env, tmp, args.threads, settle, note)
