@@ -992,6 +992,15 @@ def test_an_api_pod_leaves_the_endpoints_before_gunicorn_stops_and_gets_time_to_
     assert spec["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+def test_an_api_grace_period_too_short_for_the_prestop_sleep_and_gunicorns_drain_fails_naming_the_values(
+    chart: helm_python.Chart,
+) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=r"api\.terminationGracePeriodSeconds \(15\).*preStopSleepS"):
+        render(chart, {"api": {"terminationGracePeriodSeconds": 15, "preStopSleepS": 5}})
+    assert pod_spec(one(render(chart, {"api": {"terminationGracePeriodSeconds": 16, "preStopSleepS": 5}}),
+                        "Deployment", "api"))["terminationGracePeriodSeconds"] == 16
+
+
 def test_worker_pods_stop_taking_work_on_sigterm_itself_and_drain_within_their_grace(
     chart: helm_python.Chart,
 ) -> None:
