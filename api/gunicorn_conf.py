@@ -14,6 +14,13 @@ def child_exit(_server: Any, worker: Any) -> None:
     forget_process(worker.pid)
 
 
+def post_worker_init(worker: Any) -> None:
+    """An API process has loaded the app and takes connections from now on: a rolling replacement (USR2, then TERM
+    to the old master) waits for this line of every new process before stopping the old ones, or the requests of
+    those seconds wait in the socket's backlog while the new processes still import the app."""
+    worker.log.info("API process %s ready: app loaded, accepting connections", worker.pid)
+
+
 def pre_exec(server: Any) -> None:
     """Before SIGUSR2's re-exec: gunicorn re-runs `sys.executable` + `sys.argv`, which under `python -m gunicorn`
     (how `bookmarket api` starts it) names gunicorn/__main__.py as a script; run that way, its folder comes first on

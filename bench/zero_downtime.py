@@ -186,8 +186,8 @@ class Api:
         old = self.master()
         os.kill(old, signal.SIGUSR2)
         new = wait_until(lambda: self._new_master(old), 60, 0.1, "the new API master")
-        wait_until(lambda: len(self.children(new)) >= 2, 60, 0.1, "the new master's processes")
-        time.sleep(1)  # the new processes import the app and start accepting
+        wait_until(lambda: len(self.children(new)) >= 2 and self.ready(self.children(new)), 60, 0.1,
+                   "the new master's processes to load the app (post_worker_init)")
         os.kill(old, signal.SIGTERM)
         wait_until(lambda: not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE, 60,
                    0.1, "the old API master to exit")
@@ -196,6 +196,11 @@ class Api:
         self.handle = ProcessHandle(_Adopted(new, group), log=self.handle.log)  # type: ignore[arg-type]
         self.pid = new
         return f"USR2 to master {old}: new master {new} with {sorted(self.children(new))}; old master TERM, exited"
+
+    def ready(self, pids: set[int]) -> bool:
+        """Every one of these API processes logged that it loaded the app (api/gunicorn_conf.py post_worker_init)."""
+        text = self.handle.log.read_text(errors="replace") if self.handle.log else ""
+        return all(f"API process {pid} ready" in text for pid in pids)
 
     def _new_master(self, old: int) -> int | None:
         """The re-executed master writes `<pidfile>.2` until the old one exits (then renames it)."""
@@ -278,7 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sandbox.behave(provider, latency_ms=[low, high])
         env = {k: v for k, v in os.environ.items() if k not in ("PAYMENT_URL", "DELIVERY_URL", "MESSAGING_URL")}
         env.update(DATABASE_URL=database_url, REDIS_URL=REDIS_BASE_URL, SAGA_QUEUE=queue,
-                   SANDBOX_URL=sandbox_proc.url, BOOKMARKET_TOKENS=TOKENS_SETTING, LOG_FORMAT="text")
+                   SANDBOX_URL=sandbox_proc.url, BOOKMARKET_TOKENS=TOKENS_SETTING,
+                   LOG_FORMAT=os.environ.get("LOG_FORMAT", "text"))
         workers = [start_worker(env, tmp / f"worker{i + 1}.log", args.threads, name=f"w{i + 1}")
                    for i in range(args.workers)]
         api = Api(env, tmp)
@@ -296,6 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load.start()
         settle()
         for phase in args.phases.split(","):
+            note(f"{phase}: begins")
             if phase == "reload":
                 note(api.reload())
                 settle()
@@ -353,6 +360,8 @@ def summarize(load: Load, engine: sa.Engine, sandbox: Sandbox, drain_s: float, e
         "failure_times_s": [round(a.at - origin, 2) for a in failed][:20],
         "longest_answer_s": round(longest.seconds, 3),
         "longest_answer_at_s": round(longest.at - origin, 1),
+        "slowest_answers": [(round(a.at - origin, 1), round(a.seconds, 2), a.code)
+                            for a in sorted(answers, key=lambda a: -a.seconds)[:8]],
         "longest_answer_after_warm_up_s": round(longest_in_events.seconds, 3),
         "longest_answer_after_warm_up_at_s": round(longest_in_events.at - origin, 1),
         "orders_accepted": len(accepted),
@@ -378,6 +387,7 @@ def print_report(r: dict[str, Any], command: str) -> None:
         ("longest answer", f"{r['longest_answer_s'] * 1000:.0f} ms (at t={r['longest_answer_at_s']}s)"),
         ("longest answer after the warm-up (the first --settle s)",
          f"{r['longest_answer_after_warm_up_s'] * 1000:.0f} ms (at t={r['longest_answer_after_warm_up_at_s']}s)"),
+        ("slowest answers (t s, seconds, status)", r["slowest_answers"]),
         ("orders accepted (202)", r["orders_accepted"]),
         ("accepted orders missing / not terminal", f"{len(r['accepted_orders_missing'])} / "
                                                    f"{r['orders_not_terminal']} (drain {r['drain_s']} s)"),

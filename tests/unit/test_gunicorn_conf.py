@@ -42,3 +42,10 @@ def test_a_gunicorn_started_from_its_script_is_re_executed_unchanged() -> None:
     server = SimpleNamespace(START_CTX={"args": [sys.executable, "/usr/local/bin/gunicorn", "api.wsgi:app"]})
     gunicorn_conf.pre_exec(server)
     assert server.START_CTX["args"] == [sys.executable, "/usr/local/bin/gunicorn", "api.wsgi:app"]
+
+
+def test_an_api_process_says_when_it_has_loaded_the_app_and_takes_connections() -> None:
+    lines: list[str] = []
+    worker = SimpleNamespace(pid=4242, log=SimpleNamespace(info=lambda msg, *args: lines.append(msg % args)))
+    gunicorn_conf.post_worker_init(worker)
+    assert lines == ["API process 4242 ready: app loaded, accepting connections"]
