@@ -334,6 +334,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def longest_by_phase(answers: list[Answer], events: list[tuple[float, str]], origin: float) -> dict[str, float]:
+    """The longest answer to a request sent from one phase's beginning to the next one's (or the end)."""
+    starts = [(t, line.split(":")[0]) for t, line in events if line.endswith(": begins")]
+    bounds = [*(t for t, _ in starts[1:]), float("inf")]
+    return {name: round(max((a.seconds for a in answers if begin <= a.at - origin < end), default=0.0), 3)
+            for (begin, name), end in zip(starts, bounds, strict=True)}
+
+
 def summarize(load: Load, engine: sa.Engine, sandbox: Sandbox, drain_s: float, events: list[tuple[float, str]],
               origin: float, warm_up_s: float) -> dict[str, Any]:
     answers = load.answers
@@ -360,6 +368,7 @@ def summarize(load: Load, engine: sa.Engine, sandbox: Sandbox, drain_s: float, e
         "failure_times_s": [round(a.at - origin, 2) for a in failed][:20],
         "longest_answer_s": round(longest.seconds, 3),
         "longest_answer_at_s": round(longest.at - origin, 1),
+        "longest_answer_by_phase_s": longest_by_phase(answers, events, origin),
         "slowest_answers": [(round(a.at - origin, 1), round(a.seconds, 2), a.code)
                             for a in sorted(answers, key=lambda a: -a.seconds)[:8]],
         "longest_answer_after_warm_up_s": round(longest_in_events.seconds, 3),
@@ -387,6 +396,8 @@ def print_report(r: dict[str, Any], command: str) -> None:
         ("longest answer", f"{r['longest_answer_s'] * 1000:.0f} ms (at t={r['longest_answer_at_s']}s)"),
         ("longest answer after the warm-up (the first --settle s)",
          f"{r['longest_answer_after_warm_up_s'] * 1000:.0f} ms (at t={r['longest_answer_after_warm_up_at_s']}s)"),
+        ("longest answer by phase", ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in
+                                              r["longest_answer_by_phase_s"].items())),
         ("slowest answers (t s, seconds, status)", r["slowest_answers"]),
         ("orders accepted (202)", r["orders_accepted"]),
         ("accepted orders missing / not terminal", f"{len(r['accepted_orders_missing'])} / "
