@@ -1083,3 +1083,18 @@ def test_the_provider_urls_are_in_the_configmap_and_the_credentials_in_the_secre
         secret = values.get("secrets", {}).get("existingSecret") or f"{RELEASE}-bookmarket"
         for doc in kinds(docs, "Deployment"):
             assert {"secretRef": {"name": secret}} in pod_spec(doc)["containers"][0]["envFrom"], name
+
+
+def test_compose_gives_the_api_and_the_workers_longer_than_their_drain_before_sigkill() -> None:
+    from cli.main import gunicorn_api
+
+    argv = gunicorn_api("0.0.0.0", 8080)
+    graceful = float(argv[argv.index("--graceful-timeout") + 1])
+    services = compose()["services"]
+
+    def seconds(duration: str) -> float:
+        assert duration.endswith("s"), duration
+        return float(duration[:-1])
+
+    assert seconds(services["api"]["stop_grace_period"]) > graceful
+    assert seconds(services["worker"]["stop_grace_period"]) > float(shared_env()["WORKER_SHUTDOWN_GRACE_S"])
