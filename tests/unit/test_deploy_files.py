@@ -1098,3 +1098,14 @@ def test_compose_gives_the_api_and_the_workers_longer_than_their_drain_before_si
 
     assert seconds(services["api"]["stop_grace_period"]) > graceful
     assert seconds(services["worker"]["stop_grace_period"]) > float(shared_env()["WORKER_SHUTDOWN_GRACE_S"])
+
+
+def test_the_readmes_helm_install_tokens_separated_by_a_space_pass_the_schema_and_parse(
+    chart: helm_python.Chart,
+) -> None:
+    """`helm --set` splits values at commas, so the README separates the token entries with a space."""
+    section = README.read_text().split("\n## Deploying on Kubernetes\n", 1)[1]
+    assert '--set secrets.apiTokens="storefront=$(openssl rand -hex 24) support=$(openssl rand -hex 24)"' in section
+    tokens = f"storefront={'a1' * 24} support={'b2' * 24}"
+    docs = render(chart, {"secrets": {"apiTokens": tokens}})
+    assert Settings.from_env(settings_env(docs)).api_tokens.describe() == ["storefront:storefront", "support:support"]
