@@ -352,6 +352,8 @@ def summarize(load: Load, engine: sa.Engine, sandbox: Sandbox, drain_s: float, e
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT o.id, o.status AS order_status, s.status AS saga_status FROM orders o "
                                     "JOIN sagas s ON s.order_id = o.id AND s.kind = 'order'")).all()
+        recovered = conn.execute(sa.text("SELECT count(*) FROM sagas WHERE recoveries > 0")).scalar_one()
+        attempts = dict(conn.execute(sa.text("SELECT outcome, count(*) FROM step_attempts GROUP BY outcome")).all())
     sagas = {r.id: r.saga_status for r in rows}
     charges = Counter(e["order_id"] for e in sandbox.ledger("payment", kind="charge"))
     paid = {r.id for r in rows if r.order_status in ("PAID", "SHIPPED")}
@@ -379,6 +381,8 @@ def summarize(load: Load, engine: sa.Engine, sandbox: Sandbox, drain_s: float, e
         "orders_not_terminal": sum(1 for s in sagas.values() if s not in TERMINAL),
         "order_statuses": dict(Counter(r.order_status for r in rows)),
         "no_order_lost": accepted <= set(sagas) and all(s in TERMINAL for s in sagas.values()),
+        "sagas_recovered_by_the_sweeper": recovered,
+        "step_attempts_by_outcome": attempts,
         "ledger_balanced": all(charges[o] == 1 for o in paid) and not any(charges[o] for o in set(sagas) - paid),
         "drain_s": round(drain_s, 1),
         "events": events,
@@ -404,6 +408,8 @@ def print_report(r: dict[str, Any], command: str) -> None:
                                                    f"{r['orders_not_terminal']} (drain {r['drain_s']} s)"),
         ("order statuses", r["order_statuses"]),
         ("no order lost", r["no_order_lost"]),
+        ("sagas whose step the sweeper took back (lease expired)", r["sagas_recovered_by_the_sweeper"]),
+        ("step attempts by outcome", r["step_attempts_by_outcome"]),
         ("payment ledger balances", r["ledger_balanced"]),
     ]:
         print(f"| {name} | {value} |")
