@@ -327,7 +327,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return report
     finally:
         for proc in [*workers, *([api.handle] if api else []), *procs]:
-            proc.stop()
+            try:  # one process that fails to stop must not leave the others running
+                proc.stop()
+            except Exception as exc:  # noqa: BLE001
+                print(f"  could not stop pid {proc.proc.pid}: {exc!r}", flush=True)
         drop()
         forget_queue(REDIS_BASE_URL, queue)
         if clean and not args.keep_logs:
