@@ -2,7 +2,9 @@
 
 The settings' names come from the source of infra/config.py, the commands are parsed by the real `bookmarket`
 argument parser, and the chart is rendered and linted by Helm's own library (helm-python-sdk) and every manifest
-is validated offline against the Kubernetes 1.30 schemas (kubernetes-validate).
+is validated offline against the Kubernetes schemas (kubernetes-validate) of the oldest and the newest version the
+chart supports; KEDA's ScaledObject, which kubernetes-validate does not know, against the JSON schema converted from
+KEDA's CRD (tests/unit/schemas/).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import helm_python
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -32,6 +35,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CHART = ROOT / "helm" / "bookmarket"
 KUBE_VERSION = "1.30.0"
+# The Kubernetes versions the chart supports: from its kubeVersion (>=1.25) to the newest kubernetes-validate knows.
+OLDEST_KUBE, NEWEST_KUBE = "1.25.0", "1.37.0"
+KEDA_SCHEMA = ROOT / "tests" / "unit" / "schemas" / "keda-scaledobject-v1alpha1.json"
+README = ROOT / "README.md"
 RELEASE, NAMESPACE = "demo", "shop"
 
 SECRET_NAMES = {"DATABASE_URL", "REDIS_URL", "BOOKMARKET_TOKENS", "FLOWER_BASIC_AUTH"}
@@ -39,6 +46,8 @@ SECRET_NAMES = {"DATABASE_URL", "REDIS_URL", "BOOKMARKET_TOKENS", "FLOWER_BASIC_
 SHELL_ENV = {"BOOKMARKET_TOKENS": "storefront=compose-storefront-token,support=compose-support-token"}
 CHART_TOKENS = f"storefront=chart-storefront-token,support:ops=sha256:{'ab' * 32}"
 BOOKMARKET_SERVICES = {"migrate", "api", "worker", "beat", "flower", "sandbox"}
+BEAT_ON = {"beat": {"enabled": True}}
+NO_AUTOSCALING = {"api": {"autoscaling": {"enabled": False}}, "worker": {"autoscaling": {"enabled": False}}}
 EXTERNAL_PROVIDERS = {
     "sandbox": {"enabled": False},
     "config": {
@@ -513,7 +522,7 @@ def test_compose_checks_the_api_on_readyz_and_the_worker_with_worker_alive() -> 
     ],
 )
 def test_each_deployment_runs_its_bookmarket_command(chart: helm_python.Chart, component: str, expected: list) -> None:
-    command = pod_spec(one(render(chart), "Deployment", component))["containers"][0]["command"]
+    command = pod_spec(one(render(chart, BEAT_ON), "Deployment", component))["containers"][0]["command"]
     assert command == expected
     assert bookmarket_args(command).command == component
 
@@ -526,7 +535,8 @@ def test_the_flower_deployment_runs_bookmarket_flower_with_its_api_open(chart: h
 
 
 def test_beat_runs_exactly_one_replica_whatever_the_other_replica_counts(chart: helm_python.Chart) -> None:
-    beat = one(render(chart, {"api": {"replicas": 5}, "worker": {"replicas": 7}}), "Deployment", "beat")
+    beat = one(render(chart, {**NO_AUTOSCALING, **BEAT_ON, "api": {"replicas": 5, "autoscaling": {"enabled": False}}}),
+               "Deployment", "beat")
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["strategy"]["type"] == "Recreate"
 
@@ -536,8 +546,10 @@ def test_asking_for_more_beat_replicas_is_rejected_by_the_values_schema(chart: h
         render(chart, {"beat": {"replicas": 2}})
 
 
-def test_replica_counts_come_from_the_values(chart: helm_python.Chart) -> None:
-    docs = render(chart, {"api": {"replicas": 3}, "worker": {"replicas": 4}, "flower": {"replicas": 2}})
+def test_replica_counts_come_from_the_values_when_autoscaling_is_off(chart: helm_python.Chart) -> None:
+    docs = render(chart, {"api": {"replicas": 3, "autoscaling": {"enabled": False}},
+                          "worker": {"replicas": 4, "autoscaling": {"enabled": False}}, "flower": {"replicas": 2}})
+    assert not [d for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
     replicas = {c: one(docs, "Deployment", c)["spec"]["replicas"] for c in ("api", "worker", "flower", "sandbox")}
     assert replicas == {"api": 3, "worker": 4, "flower": 2, "sandbox": 1}
 
@@ -550,8 +562,9 @@ def test_worker_pods_get_longer_than_the_worker_shutdown_grace_and_a_provider_ca
     env = settings_env(docs)
     assert grace == 30
     assert grace > float(env["WORKER_SHUTDOWN_GRACE_S"]) >= float(env["PROVIDER_TIMEOUT_S"])
-    changed = render(chart, {"worker": {"terminationGracePeriodSeconds": 120}})
-    assert pod_spec(one(changed, "Deployment", "worker"))["terminationGracePeriodSeconds"] == 120
+    changed = render(chart, {"config": {"workerShutdownGraceS": 45.5}, "worker": {"terminationGraceMarginS": 15}})
+    assert pod_spec(one(changed, "Deployment", "worker"))["terminationGracePeriodSeconds"] == 46 + 15
+    assert settings_env(changed)["WORKER_SHUTDOWN_GRACE_S"] == "45.5"
 
 
 def test_the_migration_job_is_a_pre_install_and_pre_upgrade_hook_running_migrate(chart: helm_python.Chart) -> None:
@@ -591,7 +604,7 @@ def test_an_existing_secret_replaces_the_chart_secrets_everywhere(chart: helm_py
 
 
 def test_every_deployment_reads_the_configmap_and_the_secret(chart: helm_python.Chart) -> None:
-    docs = render(chart)
+    docs = render(chart, BEAT_ON)
     config = next(d for d in docs if d["kind"] == "ConfigMap")["metadata"]["name"]
     secret = next(d for d in docs if d["kind"] == "Secret" and "annotations" not in d["metadata"])["metadata"]["name"]
     deployments = [d for d in docs if d["kind"] == "Deployment"]
@@ -695,3 +708,404 @@ def test_a_worker_metrics_port_opens_a_named_port_on_the_worker_pods(chart: helm
 def test_the_values_schema_rejects_a_metrics_role_that_is_not_a_role(chart: helm_python.Chart) -> None:
     with pytest.raises(helm_python.HelmValuesError, match="metricsRole"):
         render(chart, {"config": {"metricsRole": "admin"}})
+
+
+# ---------------------------------------------------------------- Kubernetes: one entry point, autoscaling, lifecycle
+
+KEDA = {"worker": {"autoscaling": {"keda": {"enabled": True}}}}
+INGRESS = {"ingress": {"enabled": True, "className": "nginx", "host": "shop.example.org"}}
+EVERYTHING_ON = {
+    **BEAT_ON,
+    "ingress": {"enabled": True, "className": "nginx", "host": "shop.example.org",
+                "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "64k"},
+                "tls": {"enabled": True, "secretName": "shop-tls"},
+                "flower": {"enabled": True, "host": "flower.shop.example.org"}},
+    "secrets": {"flowerBasicAuth": "ops:flower-password"},
+    "worker": {"autoscaling": {"keda": {"enabled": True, "authenticationRef": "redis-auth",
+                                        "stepsInFlight": {"enabled": True, "target": 120}}}},
+    "config": {"workerMetricsPort": 9100},
+}
+VALUE_SETS = {
+    "defaults": {},
+    "sandbox-disabled": EXTERNAL_PROVIDERS,
+    "everything-on": EVERYTHING_ON,
+    "autoscaling-and-pdb-off": {"api": {"autoscaling": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
+                                "worker": {"autoscaling": {"enabled": False},
+                                           "podDisruptionBudget": {"enabled": False}}},
+    "existing-secret-keda": {"secrets": {"existingSecret": "shop-secrets", "apiTokens": ""},
+                             "worker": {"autoscaling": {"keda": {"enabled": True, "redisAddress": "cache:6380"}}},
+                             **INGRESS},
+}
+# Objects of values.yaml the schema leaves open, and who checks their insides instead.
+FREE_FORM = {
+    "global": "Helm's own",
+    "podSecurityContext": "kubernetes-validate, once rendered",
+    "securityContext": "kubernetes-validate, once rendered",
+    "podAnnotations": "kubernetes-validate, once rendered",
+    "nodeSelector": "kubernetes-validate, once rendered",
+    "affinity": "kubernetes-validate, once rendered",
+    "resources": "kubernetes-validate, once rendered (api, worker, beat, flower, sandbox, migration)",
+    "config.stepPolicies": "Settings.from_env (STEP_POLICIES)",
+    "config.breakerPolicies": "Settings.from_env (BREAKER_POLICIES)",
+    "config.bulkheadMaxCalls": "Settings.from_env (BULKHEAD_MAX_CALLS)",
+    "ingress.annotations": "the schema: strings only",
+}
+
+
+def validate_manifest(doc: dict[str, Any], version: str) -> None:
+    """A manifest against the Kubernetes schemas of `version`, a ScaledObject against KEDA's CRD schema."""
+    if doc["apiVersion"].startswith("keda.sh/"):
+        jsonschema.validate(doc, json.loads(KEDA_SCHEMA.read_text()))
+    else:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def kinds(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_the_supported_kubernetes_versions_are_the_charts_kube_version_and_the_newest_schemas_installed() -> None:
+    chart_yaml = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart_yaml["kubeVersion"] == f">={OLDEST_KUBE}-0"
+    installed = kubernetes_validate.utils.all_versions()
+    assert OLDEST_KUBE in installed and NEWEST_KUBE in installed
+
+
+@pytest.mark.parametrize("version", [OLDEST_KUBE, NEWEST_KUBE])
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_every_manifest_of_every_value_set_is_valid_for_the_oldest_and_newest_kubernetes(
+    chart: helm_python.Chart, name: str, version: str
+) -> None:
+    docs = render(chart, VALUE_SETS[name])
+    assert len(docs) >= 8
+    for doc in docs:
+        validate_manifest(doc, version)
+
+
+@pytest.mark.parametrize("version", [OLDEST_KUBE, NEWEST_KUBE])
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_the_chart_lints_strictly_with_every_value_set(name: str, version: str) -> None:
+    report = helm_python.lint(CHART, with_tokens(VALUE_SETS[name]), strict=True, kube_version=f"v{version}")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_the_keda_schema_refuses_what_keda_refuses() -> None:
+    """The vendored schema is strict: a misspelt field or a number where KEDA wants a string fails."""
+    schema = json.loads(KEDA_SCHEMA.read_text())
+    good = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "w"},
+            "spec": {"scaleTargetRef": {"name": "w"}, "triggers": [{"type": "redis", "metadata": {"listLength": "5"}}]}}
+    jsonschema.validate(good, schema)
+    for bad in ({**good, "spec": {**good["spec"], "minReplicas": 1}},
+                {**good, "spec": {**good["spec"], "triggers": [{"type": "redis", "metadata": {"listLength": 5}}]}},
+                {**good, "spec": {"triggers": good["spec"]["triggers"]}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
+def test_every_value_in_values_yaml_is_described_by_the_schema_which_takes_no_other_value() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator(schema).validate(values)
+    undescribed: list[str] = []
+
+    def walk(value: Any, node: dict[str, Any], path: str) -> None:
+        leaf_name = path.rpartition(".")[2]
+        if "properties" in node:
+            assert node.get("additionalProperties") is False, f"{path or 'the root'} takes values it does not name"
+            assert isinstance(value, dict), path
+            for key, item in value.items():
+                if key not in node["properties"]:
+                    undescribed.append(f"{path}.{key}".lstrip("."))
+                else:
+                    walk(item, node["properties"][key], f"{path}.{key}".lstrip("."))
+        elif isinstance(value, dict):
+            assert path in FREE_FORM or leaf_name in FREE_FORM, f"{path} is an object the schema leaves open"
+            assert node.get("type") == "object", path
+        else:
+            assert {"type", "enum", "const"} & set(node), f"{path} has no type in the schema"
+
+    walk(values, schema, "")
+    assert not undescribed, f"values.yaml sets values the schema does not describe: {undescribed}"
+
+
+def test_every_object_the_values_schema_names_the_fields_of_takes_no_other_field() -> None:
+    def walk(node: Any, path: str) -> Iterator[str]:
+        if isinstance(node, dict):
+            if "properties" in node and node.get("additionalProperties") is not False:
+                yield path
+            for key, child in node.get("properties", {}).items():
+                yield from walk(child, f"{path}.{key}")
+
+    assert list(walk(json.loads((CHART / "values.schema.json").read_text()), "")) == []
+
+
+def test_every_name_infra_config_reads_is_in_the_readme_configuration_table() -> None:
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| ([^|]+)\|", section, re.M))
+    names = {name for cell in documented for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
+    missing = config_env_names() - names
+    assert not missing, f"the README's configuration table lacks {sorted(missing)}"
+
+
+def test_the_chart_and_compose_run_the_same_processes_under_the_same_names(chart: helm_python.Chart) -> None:
+    docs = render(chart, BEAT_ON)
+    chart_components = {component_of(d) for d in docs if d["kind"] in ("Deployment", "Job")}
+    assert chart_components == BOOKMARKET_SERVICES
+
+
+def test_every_long_running_compose_service_has_a_healthcheck_like_its_chart_probe() -> None:
+    services = compose()["services"]
+    for name in ("postgres", "redis", "api", "worker", "flower", "sandbox"):
+        assert "healthcheck" in services[name], name
+    assert "/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
+
+
+def test_compose_runs_beat_only_when_asked_as_every_worker_sweeps() -> None:
+    services = compose()["services"]
+    assert services["beat"]["profiles"] == ["beat"]
+    assert Settings.from_env(shared_env()).sweep_in_worker is True
+
+
+def test_beat_is_off_by_default_as_every_worker_sweeps_and_required_when_they_do_not(chart: helm_python.Chart) -> None:
+    docs = render(chart)
+    assert not [d for d in docs if component_of(d) == "beat"]
+    assert settings_env(docs)["SWEEP_IN_WORKER"] == "1"
+    with pytest.raises(helm_python.HelmRenderError, match=r"beat\.enabled is required"):
+        render(chart, {"config": {"sweepInWorker": False}})
+    beat = one(render(chart, {"config": {"sweepInWorker": False}, **BEAT_ON}), "Deployment", "beat")
+    assert (beat["spec"]["replicas"], beat["spec"]["strategy"]["type"]) == (1, "Recreate")
+
+
+def test_the_api_is_autoscaled_on_cpu_from_the_values_and_its_deployment_leaves_replicas_to_the_hpa(
+    chart: helm_python.Chart,
+) -> None:
+    values = {"api": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 20,
+                                      "targetCPUUtilizationPercentage": 20}}}
+    docs = render(chart, values)
+    hpa = one(docs, "HorizontalPodAutoscaler", "api")
+    deployment = one(docs, "Deployment", "api")
+    assert "replicas" not in deployment["spec"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
+    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 20}}}]
+    assert pod_spec(deployment)["containers"][0]["resources"]["requests"]["cpu"], "utilization needs a CPU request"
+
+
+def test_an_autoscaler_whose_minimum_is_above_its_maximum_fails_naming_the_value(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=r"api\.autoscaling\.minReplicas"):
+        render(chart, {"api": {"autoscaling": {"minReplicas": 5, "maxReplicas": 4}}})
+    with pytest.raises(helm_python.HelmRenderError, match=r"worker\.autoscaling\.minReplicas"):
+        render(chart, {"worker": {"autoscaling": {"minReplicas": 5, "maxReplicas": 4}}})
+
+
+def test_workers_scale_on_cpu_without_keda(chart: helm_python.Chart) -> None:
+    docs = render(chart, {"worker": {"autoscaling": {"minReplicas": 2, "maxReplicas": 8,
+                                                     "targetCPUUtilizationPercentage": 60}}})
+    assert not kinds(docs, "ScaledObject")
+    hpa = one(docs, "HorizontalPodAutoscaler", "worker")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment", "worker")["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    assert "replicas" not in one(docs, "Deployment", "worker")["spec"]
+
+
+def test_with_keda_workers_scale_on_the_length_of_the_saga_queue_in_the_brokers_redis(
+    chart: helm_python.Chart,
+) -> None:
+    values = {"config": {"sagaQueue": "orders"},
+              "secrets": {"redisUrl": "redis://broker.data.svc:6380/3"},
+              "worker": {"autoscaling": {"minReplicas": 1, "maxReplicas": 30,
+                                         "keda": {"enabled": True, "queueLength": 150}}}}
+    docs = render(chart, values)
+    assert not [d for d in kinds(docs, "HorizontalPodAutoscaler") if component_of(d) == "worker"]
+    scaled = one(docs, "ScaledObject", "worker")
+    validate_manifest(scaled, NEWEST_KUBE)
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == one(docs, "Deployment", "worker")["metadata"]["name"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 30)
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "redis"
+    env = settings_env(docs)
+    redis_url = urlsplit(env["REDIS_URL"])
+    assert trigger["metadata"]["listName"] == env["SAGA_QUEUE"] == Settings.from_env(env).queue == "orders"
+    assert trigger["metadata"]["address"] == f"{redis_url.hostname}:{redis_url.port}"
+    assert trigger["metadata"]["databaseIndex"] == redis_url.path.lstrip("/") == "3"
+    assert trigger["metadata"]["listLength"] == "150"
+
+
+def test_keda_can_also_scale_on_the_steps_in_flight_read_from_the_workers_database_url(
+    chart: helm_python.Chart,
+) -> None:
+    docs = render(chart, EVERYTHING_ON)
+    triggers = {t["type"]: t for t in one(docs, "ScaledObject", "worker")["spec"]["triggers"]}
+    postgres = triggers["postgresql"]
+    assert postgres["metadata"]["connectionFromEnv"] == "DATABASE_URL" in settings_env(docs)
+    assert postgres["metadata"]["targetQueryValue"] == "120"
+    assert "saga_steps" in postgres["metadata"]["query"]
+    assert all(t["authenticationRef"] == {"name": "redis-auth"} for t in triggers.values())
+
+
+def test_keda_with_an_existing_secret_needs_the_redis_address_as_a_value(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=r"keda\.redisAddress is required"):
+        render(chart, {"secrets": {"existingSecret": "shop-secrets"}, **KEDA})
+    docs = render(chart, VALUE_SETS["existing-secret-keda"])
+    assert one(docs, "ScaledObject", "worker")["spec"]["triggers"][0]["metadata"]["address"] == "cache:6380"
+
+
+def test_the_values_schema_refuses_scaling_workers_to_zero_as_they_run_the_sweeper(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmValuesError, match="minReplicas"):
+        render(chart, {"worker": {"autoscaling": {"minReplicas": 0}}})
+
+
+@pytest.mark.parametrize("component", ["api", "worker"])
+def test_a_disruption_budget_lets_a_drain_take_one_pod_of_the_api_and_of_the_workers_at_a_time(
+    chart: helm_python.Chart, component: str
+) -> None:
+    docs = render(chart)
+    pdb = one(docs, "PodDisruptionBudget", component)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    labels = one(docs, "Deployment", component)["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    others = [d for d in kinds(docs, "Deployment") if component_of(d) != component]
+    assert not [d for d in others if pdb["spec"]["selector"]["matchLabels"].items()
+                <= d["spec"]["template"]["metadata"]["labels"].items()]
+    off = render(chart, {component: {"podDisruptionBudget": {"enabled": False}}})
+    assert [component_of(d) for d in kinds(off, "PodDisruptionBudget")] == [c for c in ("api", "worker")
+                                                                             if c != component]
+
+
+def test_an_api_pod_leaves_the_endpoints_before_gunicorn_stops_and_gets_time_to_finish_its_requests(
+    chart: helm_python.Chart,
+) -> None:
+    from cli.main import gunicorn_api
+
+    argv = gunicorn_api("0.0.0.0", 8080)
+    graceful = float(argv[argv.index("--graceful-timeout") + 1])
+    deployment = one(render(chart, {"api": {"preStopSleepS": 7}}), "Deployment", "api")
+    spec = pod_spec(deployment)
+    assert spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "7"]
+    assert spec["terminationGracePeriodSeconds"] > 7 + graceful
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert spec["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_an_api_grace_period_too_short_for_the_prestop_sleep_and_gunicorns_drain_fails_naming_the_values(
+    chart: helm_python.Chart,
+) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=r"api\.terminationGracePeriodSeconds \(15\).*preStopSleepS"):
+        render(chart, {"api": {"terminationGracePeriodSeconds": 15, "preStopSleepS": 5}})
+    assert pod_spec(one(render(chart, {"api": {"terminationGracePeriodSeconds": 16, "preStopSleepS": 5}}),
+                        "Deployment", "api"))["terminationGracePeriodSeconds"] == 16
+
+
+def test_worker_pods_stop_taking_work_on_sigterm_itself_and_drain_within_their_grace(
+    chart: helm_python.Chart,
+) -> None:
+    """Celery's warm shutdown cancels the consumer on SIGTERM: no preStop hook would stop new work sooner."""
+    spec = pod_spec(one(render(chart), "Deployment", "worker"))
+    assert "lifecycle" not in spec["containers"][0]
+    assert spec["terminationGracePeriodSeconds"] >= float(Settings.from_env({}).shutdown_grace_s) + 10
+
+
+def test_no_ingress_unless_enabled(chart: helm_python.Chart) -> None:
+    assert not kinds(render(chart), "Ingress")
+
+
+def test_the_ingress_sends_every_path_of_its_host_console_and_docs_included_to_the_api_service(
+    chart: helm_python.Chart,
+) -> None:
+    docs = render(chart, INGRESS)
+    [ingress] = kinds(docs, "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert "tls" not in ingress["spec"]
+    [rule] = ingress["spec"]["rules"]
+    assert rule["host"] == "shop.example.org"
+    service = one(docs, "Service", "api")
+
+    def backend_of(path: str) -> dict[str, Any]:
+        matches = [p for p in rule["http"]["paths"] if p["pathType"] == "Prefix"
+                   and (path == p["path"] or path.startswith(p["path"].rstrip("/") + "/"))]
+        return max(matches, key=lambda p: len(p["path"]))["backend"]["service"]
+
+    for path in ("/console", "/console/static/app.js", "/docs", "/openapi.json", "/orders", "/admin/sagas",
+                 "/readyz"):
+        backend = backend_of(path)
+        assert backend["name"] == service["metadata"]["name"], path
+        assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_the_ingress_terminates_tls_for_its_hosts_when_asked(chart: helm_python.Chart) -> None:
+    [ingress] = kinds(render(chart, EVERYTHING_ON), "Ingress")
+    assert ingress["spec"]["tls"] == [{"hosts": ["shop.example.org", "flower.shop.example.org"],
+                                       "secretName": "shop-tls"}]
+    assert ingress["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/proxy-body-size": "64k"}
+    default_secret = render(chart, {"ingress": {**INGRESS["ingress"], "tls": {"enabled": True}}})
+    assert kinds(default_secret, "Ingress")[0]["spec"]["tls"][0]["secretName"] == f"{RELEASE}-bookmarket-tls"
+
+
+def test_flower_gets_a_host_of_its_own_behind_its_login_only_when_enabled(chart: helm_python.Chart) -> None:
+    docs = render(chart, EVERYTHING_ON)
+    [ingress] = kinds(docs, "Ingress")
+    flower_rule = next(r for r in ingress["spec"]["rules"] if r["host"] == "flower.shop.example.org")
+    backend = flower_rule["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == one(docs, "Service", "flower")["metadata"]["name"]
+    env = settings_env(docs)
+    assert Settings.from_env(env).flower_basic_auth == "ops:flower-password"
+    assert env["FLOWER_URL"] == "https://flower.shop.example.org"
+    plain = kinds(render(chart, INGRESS), "Ingress")[0]
+    assert [r["host"] for r in plain["spec"]["rules"]] == ["shop.example.org"]
+    flower_off = {**EVERYTHING_ON, "flower": {"enabled": False}}
+    assert [r["host"] for r in kinds(render(chart, flower_off), "Ingress")[0]["spec"]["rules"]] == ["shop.example.org"]
+
+
+def test_exposing_flower_without_its_login_fails_naming_the_value(chart: helm_python.Chart) -> None:
+    values = {**EVERYTHING_ON, "secrets": {}}
+    with pytest.raises(helm_python.HelmRenderError, match=r"secrets\.flowerBasicAuth"):
+        render(chart, values)
+
+
+def test_the_values_schema_refuses_an_ingress_host_that_is_not_a_host_name(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmValuesError, match="host"):
+        render(chart, {"ingress": {"enabled": True, "host": "https://shop.example.org/"}})
+
+
+def test_the_provider_urls_are_in_the_configmap_and_the_credentials_in_the_secret_with_every_value_set(
+    chart: helm_python.Chart,
+) -> None:
+    for name, values in VALUE_SETS.items():
+        docs = render(chart, values)
+        [config] = kinds(docs, "ConfigMap")
+        assert {"PAYMENT_URL", "DELIVERY_URL", "MESSAGING_URL", "SANDBOX_URL"} <= set(config["data"]), name
+        assert not SECRET_NAMES & set(config["data"]), name
+        secret = values.get("secrets", {}).get("existingSecret") or f"{RELEASE}-bookmarket"
+        for doc in kinds(docs, "Deployment"):
+            assert {"secretRef": {"name": secret}} in pod_spec(doc)["containers"][0]["envFrom"], name
+
+
+def test_compose_gives_the_api_and_the_workers_longer_than_their_drain_before_sigkill() -> None:
+    from cli.main import gunicorn_api
+
+    argv = gunicorn_api("0.0.0.0", 8080)
+    graceful = float(argv[argv.index("--graceful-timeout") + 1])
+    services = compose()["services"]
+
+    def seconds(duration: str) -> float:
+        assert duration.endswith("s"), duration
+        return float(duration[:-1])
+
+    assert seconds(services["api"]["stop_grace_period"]) > graceful
+    assert seconds(services["worker"]["stop_grace_period"]) > float(shared_env()["WORKER_SHUTDOWN_GRACE_S"])
+
+
+def test_the_readmes_helm_install_tokens_separated_by_a_space_pass_the_schema_and_parse(
+    chart: helm_python.Chart,
+) -> None:
+    """`helm --set` splits values at commas, so the README separates the token entries with a space."""
+    section = README.read_text().split("\n## Deploying on Kubernetes\n", 1)[1]
+    assert '--set secrets.apiTokens="storefront=$(openssl rand -hex 24) support=$(openssl rand -hex 24)"' in section
+    tokens = f"storefront={'a1' * 24} support={'b2' * 24}"
+    docs = render(chart, {"secrets": {"apiTokens": tokens}})
+    assert Settings.from_env(settings_env(docs)).api_tokens.describe() == ["storefront:storefront", "support:support"]

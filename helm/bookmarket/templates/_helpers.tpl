@@ -126,3 +126,40 @@ envFrom:
   - secretRef:
       name: {{ include "bookmarket.secretName" . }}
 {{- end -}}
+
+{{/* The worker pods' terminationGracePeriodSeconds: WORKER_SHUTDOWN_GRACE_S (rounded up) plus the margin. */}}
+{{- define "bookmarket.workerGracePeriod" -}}
+{{- add (ceil .Values.config.workerShutdownGraceS | int64) .Values.worker.terminationGraceMarginS -}}
+{{- end -}}
+
+{{/* host:port of the broker's Redis for KEDA: worker.autoscaling.keda.redisAddress, else from secrets.redisUrl. */}}
+{{- define "bookmarket.kedaRedisAddress" -}}
+{{- $keda := .Values.worker.autoscaling.keda -}}
+{{- if $keda.redisAddress -}}
+{{- $keda.redisAddress -}}
+{{- else if .Values.secrets.existingSecret -}}
+{{- fail "worker.autoscaling.keda.redisAddress is required with secrets.existingSecret (KEDA reads host:port, not REDIS_URL)" -}}
+{{- else -}}
+{{- $url := urlParse .Values.secrets.redisUrl -}}
+{{- if contains ":" $url.host -}}{{ $url.host }}{{- else -}}{{ printf "%s:6379" $url.host }}{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The broker's Redis database index for KEDA: the path of secrets.redisUrl, else the value. */}}
+{{- define "bookmarket.kedaRedisDatabase" -}}
+{{- $path := "" -}}
+{{- if and (not .Values.worker.autoscaling.keda.redisAddress) (not .Values.secrets.existingSecret) -}}
+{{- $path = (urlParse .Values.secrets.redisUrl).path | trimPrefix "/" -}}
+{{- end -}}
+{{- default (.Values.worker.autoscaling.keda.redisDatabaseIndex | toString) $path -}}
+{{- end -}}
+
+{{/* Flower behind the Ingress needs its login: the chart's secrets.flowerBasicAuth or the existing Secret's. */}}
+{{- define "bookmarket.flowerExposed" -}}
+{{- if and .Values.ingress.enabled .Values.ingress.flower.enabled .Values.flower.enabled -}}
+{{- if not (or .Values.secrets.flowerBasicAuth .Values.secrets.existingSecret) -}}
+{{- fail "ingress.flower.enabled needs Flower's login: set secrets.flowerBasicAuth (user:password), or FLOWER_BASIC_AUTH in secrets.existingSecret" -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
