@@ -171,11 +171,21 @@ def _on_success(definition: SagaDefinition, state: SagaState, name: str) -> list
 
 
 def _forward(definition: SagaDefinition, state: SagaState, done: str) -> list[Command]:
-    """After forward step `done` ended well (or best-effort failed): the next step, the end, or a cancel."""
-    if state.cancel_requested:
-        return _compensate(definition, state, None)
+    """After forward step `done` ended well (or best-effort failed): the next step, the end, or a cancel.
+
+    A cancel waits while a later step may have taken effect in an earlier life of the saga (its outcome unknown,
+    then the saga resumed by support from before it): the saga goes forward to it and runs it again with the same
+    key, which tells what it did and gives the reference to undo it; skipped, it would be left in place."""
     following = definition.after(done)
+    if state.cancel_requested and not _uncertain_ahead(definition, state, done):
+        return _compensate(definition, state, None)
     return [RunStep(following.name)] if following else [FinishSaga(SagaStatus.COMPLETED)]
+
+
+def _uncertain_ahead(definition: SagaDefinition, state: SagaState, done: str) -> bool:
+    """Whether a forward step after `done` is still to run and may have taken effect before."""
+    after = definition.step_names[definition.step_names.index(done) + 1:]
+    return any(state.step(name).uncertain and state.step(name).status.is_open for name in after)
 
 
 def _on_failure(definition: SagaDefinition, state: SagaState, event: StepFailed) -> list[Command]:

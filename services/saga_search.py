@@ -13,6 +13,7 @@ from domain.errors import SagaNotFound
 from infra import repository as repo
 from infra.tables import audit_log, orders, saga_steps, sagas
 from saga.orchestrator import StepStatus
+from saga.order_saga import CANCEL_SAGA
 from services.runtime import Runtime
 from services.timeline import saga_timeline
 
@@ -149,6 +150,7 @@ def timeline(rt: Runtime, saga_id: int) -> dict[str, Any]:
         ).one()
         audit = [dict(r._mapping) for r in conn.execute(
             sa.select(audit_log).where(audit_log.c.saga_id == saga_id).order_by(audit_log.c.id))]
+        kinds = {s.kind for s in repo.sagas_of_order(conn, saga.order_id)} if saga is not None else set()
     if saga is None:
         raise SagaNotFound(saga_id)
     definition = rt.definitions[saga.kind]
@@ -159,7 +161,7 @@ def timeline(rt: Runtime, saga_id: int) -> dict[str, Any]:
         steps.append(entry)
     body = {k: v for k, v in asdict(kept).items() if k != "steps"}
     body.update(customer_id=customer_id, recoveries=int(recoveries or 0), state=state_label(saga), steps=steps,
-                audit=audit, actions=allowed_actions(definition, saga),
+                audit=audit, actions=allowed_actions(definition, saga, CANCEL_SAGA.kind in kinds),
                 state_changes=_state_changes(definition, body, steps, audit))
     return body
 

@@ -323,8 +323,9 @@ def _compensation_begun(definition: SagaDefinition, saga: SagaRecord) -> bool:
                for name, row in saga.steps.items())
 
 
-def allowed_actions(definition: SagaDefinition, saga: SagaRecord) -> list[str]:
-    """The actions the saga's state allows now (what the console offers; each action checks again)."""
+def allowed_actions(definition: SagaDefinition, saga: SagaRecord, order_has_cancel_saga: bool = False) -> list[str]:
+    """The actions the saga's state allows now (what the console offers; each action checks again).
+    `order_has_cancel_saga`: a completed order saga whose order is already being cancelled is not cancelled twice."""
     allowed = []
     step = failing_step(saga)
     settled = saga.status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
@@ -340,6 +341,7 @@ def allowed_actions(definition: SagaDefinition, saga: SagaRecord) -> list[str]:
             allowed.append(Action.COMPENSATE.value)
     if (saga.kind == ORDER_SAGA.kind and not saga.cancel_requested
             and saga.status not in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATED)
-            and not (saga.status is SagaStatus.FAILED and comp_begun)):  # cancel would compensate: refused
+            and not (saga.status is SagaStatus.FAILED and comp_begun)  # cancel would compensate: refused
+            and not (saga.status is SagaStatus.COMPLETED and order_has_cancel_saga)):
         allowed.append(Action.CANCEL.value)
     return allowed

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,10 @@ class OrdersThroughTheApi(RuleBasedStateMachine):
         self.folder = Path(tempfile.mkdtemp(prefix="bookmarket-stateful-"))
         self.engine: Engine = make_engine(self.folder)
         self.engine.providers = self.engine.rt.providers = ReplayingProviders()  # type: ignore[assignment]
-        self.client: FlaskClient = create_app(self.engine.rt.settings, runtime=self.engine.rt).test_client()
+        # no pacing of POST /orders by answer time (ADMISSION_TARGET_MS): on a busy machine it answers a fast 503,
+        # which is admission's business (tests/unit/test_admission.py), not this machine's
+        settings = replace(self.engine.rt.settings, admission_target_ms=0)
+        self.client: FlaskClient = create_app(settings, runtime=self.engine.rt).test_client()
         self.accepted: dict[int, int] = {}  # order id -> customer id
         self.vouched: set[int] = set()  # orders whose ledgers support answered for by hand
 
@@ -260,6 +264,53 @@ def test_resume_is_refused_once_the_compensation_has_begun_even_when_it_failed_w
         assert machine.ok(answer, 409)["detail"].endswith("its compensation has begun; retry or skip the failed "
                                                             "compensation instead")
         machine.engine.settle()
+        assert machine.violations() == []
+    finally:
+        machine.teardown()
+
+
+def test_a_completed_order_saga_whose_order_is_being_cancelled_does_not_offer_cancel_again() -> None:
+    """Found by the machine: after the customer's cancel started the cancel saga, the completed order saga's
+    timeline still offered `cancel`, which the action then refused (409): the offer must follow the refusal."""
+    machine = OrdersThroughTheApi()
+    try:
+        order_id = machine.place(1, 1, 1, None)
+        machine.engine.settle()
+        saga = machine.ok(machine.client.get(f"/orders/{order_id}", headers=bearer()), 200)["sagas"][0]
+        before = machine.ok(machine.client.get(f"/admin/sagas/{saga['id']}", headers=bearer("viewer")), 200)
+        assert before["state"] == "COMPLETED" and "cancel" in before["actions"]
+        machine.cancel(order_id, None)
+        after = machine.ok(machine.client.get(f"/admin/sagas/{saga['id']}", headers=bearer("viewer")), 200)
+        assert "cancel" not in after["actions"]
+        answer = machine.client.post(f"/admin/sagas/{saga['id']}/cancel", json={"reason": "again"},
+                                     headers=bearer("support"))
+        assert machine.ok(answer, 409)["detail"].endswith("its order already has a cancel saga")
+        machine.engine.settle()
+        assert machine.violations() == []
+    finally:
+        machine.teardown()
+
+
+def test_a_cancel_after_a_resume_past_a_step_of_unknown_outcome_undoes_that_step_too() -> None:
+    """Found by the machine: `ship` timed out for good (it had shipped: the answers were lost) and parked the saga;
+    support resumed it from `pay`, and the customer cancelled before `ship` ran again. The cancel skipped the
+    still-unknown `ship` and the order ended CANCELLED and refunded with its parcel on the way. The saga now runs
+    forward to the step of unknown outcome first (same key: it learns the shipment), then undoes it with the rest."""
+    machine = OrdersThroughTheApi()
+    try:
+        order_id = machine.place_while_a_provider_is_dark("ship", customer_id=2)
+        saga = machine.ok(machine.client.get(f"/orders/{order_id}", headers=bearer()), 200)["sagas"][0]
+        answer = machine.client.post(f"/admin/sagas/{saga['id']}/resume", json={"reason": "provider back",
+                                                                                 "step": "pay"},
+                                     headers=bearer("support"))
+        machine.ok(answer, 200)
+        machine.cancel(order_id, None)  # before the resumed saga ran anything
+        machine.engine.settle()
+        order = machine.ok(machine.client.get(f"/orders/{order_id}", headers=bearer()), 200)
+        assert order["status"] == "CANCELLED"
+        timeline = machine.ok(machine.client.get(f"/admin/sagas/{saga['id']}", headers=bearer("viewer")), 200)
+        statuses = {step["name"]: step["status"] for step in timeline["steps"]}
+        assert statuses["ship"] == "SUCCEEDED" and statuses["cancel_delivery"] == "COMPENSATED"
         assert machine.violations() == []
     finally:
         machine.teardown()
