@@ -31,6 +31,7 @@ RATE_WINDOW_S = 10.0  # payments finished over this window make the current rate
 ADJUST_EVERY_S = 0.5  # how often the accept rate is adjusted to the answer times seen
 MIN_RATE = 2.0  # orders a second an API process always lets in, so it keeps timing some
 MAX_RATE = 10_000.0  # the rate an idle process starts at: no limit in practice
+MIN_SAMPLES = 8  # orders in a window (16 a second) before slow answers may cut the rate
 PAYMENT_STEP = next(s.name for s in ORDER_SAGA.steps if s.provider == PAYMENT)  # the order saga's charge
 
 
@@ -135,7 +136,9 @@ class Pace:
         if not seen:
             return
         slow = seen[int(len(seen) * 0.9)]  # the slowest tenth begins here
-        if slow > self.target_s:
+        # a few slow answers from a process that is hardly busy (a database hiccup, a loaded machine) say nothing
+        # about overload: only a window of at least MIN_SAMPLES orders can cut the rate
+        if slow > self.target_s and len(seen) >= MIN_SAMPLES:
             # cut from what was really let in (a rate far above the arrivals would take many cuts to bite)
             self.rate = max(MIN_RATE, min(self.rate, len(seen) / ADJUST_EVERY_S) * 0.75)
         else:

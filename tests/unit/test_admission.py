@@ -12,7 +12,16 @@ from api.app import create_app
 from domain.model import utcnow
 from infra import repository as repo
 from infra.tables import saga_steps
-from services.admission import MAX_RATE, MIN_RATE, RATE_WINDOW_S, Admission, Pace, allowed_backlog, judge
+from services.admission import (
+    MAX_RATE,
+    MIN_RATE,
+    MIN_SAMPLES,
+    RATE_WINDOW_S,
+    Admission,
+    Pace,
+    allowed_backlog,
+    judge,
+)
 from tests.support import api_client
 from tests.unit.fakes import RecordingPublisher, make_runtime
 
@@ -146,6 +155,14 @@ def test_slow_answers_cut_the_rate_and_the_orders_over_it_are_refused_until_answ
     admitted_in(pace, ticks, 15, 200, answer_s=0.05)
     assert pace.rate > 200 > cut_to  # fast answers let the rate climb back, a tenth per half second
     assert admitted_in(pace, ticks, 1, 200, answer_s=0.05) == 200
+
+
+def test_a_few_slow_answers_of_a_process_that_is_hardly_busy_do_not_cut_the_rate() -> None:
+    ticks = Ticks()
+    pace = Pace(0.35, ticks)
+
+    assert admitted_in(pace, ticks, 5, MIN_SAMPLES, answer_s=2.0) == 5 * MIN_SAMPLES  # under MIN_SAMPLES a window
+    assert pace.rate == MAX_RATE
 
 
 def test_a_paced_order_gets_503_with_retry_after_and_creates_nothing(tmp_path: Path) -> None:
