@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 import redis
+import sqlalchemy as sa
 
 from api.app import create_app
 from infra.config import Settings
+from infra.db import make_engine
 from infra.migrate import upgrade
 from tests.conftest import create_pg_database
 from tests.support import (
@@ -151,3 +153,26 @@ def live(stack: Stack) -> Stack:
     """The stack with the sandbox reset to well-behaved providers."""
     stack.sandbox.reset()
     return stack
+
+
+# Every table a test writes, emptied between the tests of a module that shares one migrated PostgreSQL database.
+TABLES = ("audit_log, bulk_plans, step_attempts, notifications, customer_orders, payments, deliveries, saga_steps, "
+          "sagas, orders")
+
+
+@pytest.fixture(scope="module")
+def pg_url(postgres_server: str) -> Iterator[str]:
+    """A migrated PostgreSQL database for the whole module (a unit module's tests run again on PostgreSQL)."""
+    url, drop = create_pg_database(postgres_server)
+    upgrade(url)
+    yield url
+    with contextlib.suppress(Exception):
+        drop()
+
+
+def emptied(url: str) -> None:
+    """Empty every table of `url`'s database and restart its ids, for the next test."""
+    admin = make_engine(url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    admin.dispose()

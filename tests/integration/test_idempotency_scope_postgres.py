@@ -3,18 +3,15 @@ what only PostgreSQL shows (two callers racing on one key, two sweepers at once)
 on PostgreSQL."""
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Iterator
 
 import pytest
-import sqlalchemy as sa
 
-from infra import migrate
-from infra.db import make_engine
 from services.orders import PlaceOrder, place_order
 from services.runtime import Runtime
 from tests.conftest import create_pg_database
+from tests.integration.conftest import emptied
 from tests.unit.fakes import runtime_for
 from tests.unit.test_idempotency_scope import *  # noqa: F403 - every scope test, with this module's `runtime`
 from tests.unit.test_idempotency_scope import DAY_S, sweep_at
@@ -22,25 +19,9 @@ from tests.unit.test_migrations import legacy_keys_scoped
 
 pytestmark = pytest.mark.integration
 
-TABLES = ("audit_log, bulk_plans, step_attempts, notifications, customer_orders, payments, deliveries, saga_steps, "
-          "sagas, orders")
-
-
-@pytest.fixture(scope="module")
-def pg_url(postgres_server: str) -> Iterator[str]:
-    url, drop = create_pg_database(postgres_server)
-    migrate.upgrade(url)
-    yield url
-    with contextlib.suppress(Exception):
-        drop()
-
-
 @pytest.fixture
 def runtime(pg_url: str) -> Iterator[Runtime]:
-    admin = make_engine(pg_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-    admin.dispose()
+    emptied(pg_url)
     rt = runtime_for(pg_url)
     yield rt
     rt.close()

@@ -2,17 +2,15 @@
 two actions on one saga at once (the second is refused), and an action that waits for a worker holding the saga."""
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
-from infra import migrate
 from infra.db import make_engine
 from services.support import ACTION_LOCK_SPACE, ActionInProgress
-from tests.conftest import create_pg_database
+from tests.integration.conftest import emptied
 from tests.unit.engine_fakes import Engine, engine_on
 from tests.unit.fakes import runtime_for
 from tests.unit.test_support import *  # noqa: F403 - every support test, with this module's `engine` fixture
@@ -20,25 +18,9 @@ from tests.unit.test_support import act, audit, parked_on_pay
 
 pytestmark = pytest.mark.integration
 
-TABLES = ("audit_log, bulk_plans, step_attempts, notifications, customer_orders, payments, deliveries, saga_steps, "
-          "sagas, orders")
-
-
-@pytest.fixture(scope="module")
-def pg_url(postgres_server: str) -> Iterator[str]:
-    url, drop = create_pg_database(postgres_server)
-    migrate.upgrade(url)
-    yield url
-    with contextlib.suppress(Exception):
-        drop()
-
-
 @pytest.fixture
 def engine(pg_url: str) -> Iterator[Engine]:  # noqa: F811 - this module's engine is on PostgreSQL
-    admin = make_engine(pg_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-    admin.dispose()
+    emptied(pg_url)
     rt = runtime_for(pg_url)
     yield engine_on(rt)
     rt.close()
