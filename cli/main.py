@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="a Celery worker running saga steps")
     worker.add_argument("--threads", type=int, default=_env_int("BOOKMARKET_WORKER_THREADS", WORKER_THREADS),
                         help=f"saga steps this process runs at once, each on a thread ({WORKER_THREADS})")
+    worker.add_argument("--queues", default=None, help="comma-separated queues this process consumes (WORKER_QUEUES; "
+                        "unset: SAGA_QUEUE and every STEP_QUEUES queue)")
     worker.add_argument("--beat", action="store_true", help="also run the sweeper schedule in this worker")
     flower_cmd = sub.add_parser("flower", help="Flower: the saga steps' tasks, searchable by saga, order and step")
     flower_cmd.add_argument("--port", type=int, default=_env_int("BOOKMARKET_FLOWER_PORT", 5555))
@@ -100,7 +102,8 @@ def gunicorn_sandbox(bind: str, port: int, graceful_s: float = 2) -> list[str]:
 
 def celery_worker(threads: int, queue: str, beat_schedule: str | None = None,
                   hostname: str | None = None) -> list[str]:
-    """One Celery worker process running `threads` saga steps at once on Celery's thread pool."""
+    """One Celery worker process running `threads` saga steps at once on Celery's thread pool, consuming `queue`
+    (several comma-separated)."""
     # --quiet: no banner on stdout, so every line the worker writes is a log line (in LOG_FORMAT)
     argv = [sys.executable, "-m", "celery", "-A", "workers.main", "--quiet", "worker", "--loglevel", "INFO",
             "--pool", "threads", "--concurrency", str(threads), "--queues", queue, "--without-mingle",
@@ -205,7 +208,8 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
         supervisor.start("sandbox", gunicorn_sandbox("127.0.0.1", args.sandbox_port))
         supervisor.wait_http("sandbox", f"http://127.0.0.1:{args.sandbox_port}/health")
     for i in range(1, args.workers + 1):
-        supervisor.start(f"worker{i}", celery_worker(args.threads, settings.queue, hostname=f"worker{i}@%h"),
+        supervisor.start(f"worker{i}", celery_worker(args.threads, ",".join(settings.all_queues()),
+                                                     hostname=f"worker{i}@%h"),
                          restart=True)
     supervisor.start("api", gunicorn_api("127.0.0.1", args.port))
     if args.flower_port:
@@ -330,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         return _api(args)
     if args.command == "worker":
         schedule = str(Path(os.environ.get("BOOKMARKET_DATA_DIR", ".")) / "beat-schedule") if args.beat else None
-        return _exec(celery_worker(args.threads, settings.queue, schedule))
+        queues = args.queues or ",".join(settings.consumed_queues())
+        return _exec(celery_worker(args.threads, queues, schedule))
     if args.command == "flower":
         return _exec(flower(args.port, args.bind))
     if args.command == "beat":

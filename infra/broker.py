@@ -124,11 +124,17 @@ class Publisher:
     same bound.
     """
 
-    def __init__(self, app: Celery, queue: str, duplicate: bool = False, timeout_s: float = 2.0) -> None:
+    def __init__(self, app: Celery, queue: str, duplicate: bool = False, timeout_s: float = 2.0,
+                 routes: Mapping[str, str] | None = None) -> None:
         self.app = app
         self.queue = queue
+        self.routes = dict(routes or {})  # STEP_QUEUES as step -> queue (services.runtime.step_routes); else `queue`
         self.copies = 2 if duplicate else 1  # CHAOS_DUPLICATE_DISPATCH: every message twice, for fault tests
         self.timeout_s = timeout_s
+
+    def queue_for(self, step: str) -> str:
+        """The queue `step`'s messages go to: its STEP_QUEUES route, or SAGA_QUEUE."""
+        return self.routes.get(step, self.queue)
 
     def publish(self, dispatches: Sequence[tuple[int, str]],
                 orders: Mapping[int, int] | None = None) -> list[tuple[int, str]]:
@@ -151,8 +157,8 @@ class Publisher:
         shown = args_shown(saga_id, step, order_id)
         try:
             for _ in range(self.copies):
-                self.app.send_task(task_name(step), args=[saga_id], queue=self.queue, producer=producer, retry=False,
-                                   headers=self._headers(), argsrepr=shown, kwargsrepr="")
+                self.app.send_task(task_name(step), args=[saga_id], queue=self.queue_for(step), producer=producer,
+                                   retry=False, headers=self._headers(), argsrepr=shown, kwargsrepr="")
         except Exception as exc:  # noqa: BLE001
             log.warning("publish of %s for saga %s failed: %s", step, saga_id, exc)
             raise _PartialPublish(index) from None

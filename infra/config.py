@@ -45,6 +45,8 @@ class Settings:
     publish_timeout_s: float
     db_pool_size: int
     queue: str
+    step_queues: dict[str, str]
+    worker_queues: tuple[str, ...]
     step_policies: dict[str, dict[str, float]]
     breaker_fail_max: int
     breaker_reset_s: float
@@ -109,6 +111,8 @@ class Settings:
             publish_timeout_s=float(_env("PUBLISH_TIMEOUT_S", "2")),
             db_pool_size=int(_env("DB_POOL_SIZE", "16")),
             queue=_env("SAGA_QUEUE", "saga"),
+            step_queues=_routes(_env("STEP_QUEUES", "")),
+            worker_queues=_names("WORKER_QUEUES", _env("WORKER_QUEUES", "")),
             step_policies=_json_object("STEP_POLICIES", _env("STEP_POLICIES", "{}")),
             breaker_fail_max=int(_env("BREAKER_FAIL_MAX", "5")),
             breaker_reset_s=float(_env("BREAKER_RESET_S", "10")),
@@ -151,9 +155,36 @@ class Settings:
             cors_origins=_origins(_env("CORS_ORIGINS", "")),
         )
 
+    def all_queues(self) -> tuple[str, ...]:
+        """Every queue a step may be sent to: SAGA_QUEUE, then the STEP_QUEUES ones, each once."""
+        return tuple(dict.fromkeys((self.queue, *self.step_queues.values())))
+
+    def consumed_queues(self) -> tuple[str, ...]:
+        """The queues a worker of these settings consumes: WORKER_QUEUES, or every queue when it is empty."""
+        return self.worker_queues or self.all_queues()
+
     def describe(self) -> dict[str, object]:
         """The settings as a dict, passwords included (`bookmarket config` prints them masked)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _routes(raw: str) -> dict[str, str]:
+    """STEP_QUEUES "payment=bookmarket.payment,delivery=bookmarket.delivery": the queue of each provider's steps (or
+    of one step, by its name); the rest go to SAGA_QUEUE. Which names are known is checked where the saga
+    definitions are (services/runtime.step_routes)."""
+    pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise ValueError(f"STEP_QUEUES must look like 'payment=bookmarket.payment,delivery=bookmarket.delivery', "
+                         f"got {raw!r}")
+    return {key.strip(): queue.strip() for key, queue in pairs}
+
+
+def _names(name: str, raw: str) -> tuple[str, ...]:
+    """WORKER_QUEUES "bookmarket.payment,saga": comma-separated queue names (empty: none given)."""
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    if any(" " in n for n in names):
+        raise ValueError(f"{name} must be comma-separated queue names, got {raw!r}")
+    return names
 
 
 def _json_object(name: str, raw: str) -> dict[str, dict[str, float]]:

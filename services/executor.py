@@ -46,6 +46,7 @@ class InlineClaim:
 
     task_id: str | None
     lease_s: float
+    queue: str | None = None  # the caller's queue (STEP_QUEUES): a next step routed to another queue is sent there
 
 
 class Executor:
@@ -62,6 +63,7 @@ class Executor:
         self.now = now
         self.dispatches: list[Dispatch] = []
         self.inline = inline
+        self.queue_for = rt.publisher.queue_for
         self.claimed: tuple[str, int] | None = None  # (step, attempt) claimed for the caller, when inline
 
     def handle(self, event: Event, outcome: StepStatus | None = None) -> list[Dispatch]:
@@ -98,7 +100,7 @@ class Executor:
         position = self._position(step.name)
         due = self.now + timedelta(seconds=command.delay_s)
         immediate = command.delay_s <= 0
-        if immediate and self.inline is not None and self.claimed is None:
+        if immediate and self.inline is not None and self.claimed is None and self._same_queue(step.name):
             number = repo.open_claimed_step(self.conn, self.saga.id, step.name, position, step.retry.max_attempts,
                                             self.now, self.inline.lease_s, self.inline.task_id)
             self.claimed = (step.name, number)
@@ -110,6 +112,11 @@ class Executor:
         if immediate:
             self.dispatches.append((self.saga.id, step.name))
         return []
+
+    def _same_queue(self, step: str) -> bool:
+        """Whether the caller may run `step` itself: it travels on the caller's queue (always, without STEP_QUEUES),
+        so a worker group dedicated to payments does not run shipping inline."""
+        return self.inline is None or self.inline.queue is None or self.queue_for(step) == self.inline.queue
 
     def _run_local(self, name: str) -> list[Command]:
         """Change the order as the local step says, record the step, and decide what follows it."""

@@ -70,14 +70,19 @@ class StateCollector(Collector):
         if breakers is None:
             return
         states = breakers.shared_states()
-        depth = int(breakers.client.llen(self.rt.settings.queue))
+        queues = self.rt.settings.all_queues()  # SAGA_QUEUE and the STEP_QUEUES ones
+        with breakers.client.pipeline(transaction=False) as pipe:
+            for name in queues:
+                pipe.llen(name)
+            depths = [int(n) for n in pipe.execute()]
         breaker_gauge = GaugeMetricFamily("bookmarket_breaker_state", "Circuit breaker: 0 closed, 1 half-open, "
                                           "2 open", labels=["provider"])
         for provider, state in states.items():
             breaker_gauge.add_metric([provider], BREAKER_VALUES.get(state, 2))
         yield breaker_gauge
-        queue = GaugeMetricFamily("bookmarket_queue_depth", "Messages waiting in the Celery queue", labels=["queue"])
-        queue.add_metric([self.rt.settings.queue], depth)
+        queue = GaugeMetricFamily("bookmarket_queue_depth", "Messages waiting in each Celery queue", labels=["queue"])
+        for name, depth in zip(queues, depths, strict=True):
+            queue.add_metric([name], depth)
         yield queue
 
 

@@ -50,7 +50,8 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
         db=db or Database.from_url(settings.database_url, settings.db_pool_size),
         providers=Providers.from_urls(settings.payment_url, settings.delivery_url, settings.messaging_url,
                                       settings.provider_timeout_s),
-        publisher=Publisher(celery, settings.queue, settings.chaos_duplicate_dispatch, settings.publish_timeout_s),
+        publisher=Publisher(celery, settings.queue, settings.chaos_duplicate_dispatch, settings.publish_timeout_s,
+                            step_routes(settings.step_queues, DEFINITIONS.values())),
         definitions=configured_definitions(settings.step_policies),
         breakers=build_breakers(settings),
         bulkheads=Bulkheads({p: int(n) for p, n in settings.bulkhead_max_calls.items()},
@@ -61,6 +62,21 @@ def build_runtime(settings: Settings, celery: Celery | None = None, db: Database
 def provider_steps(definitions: Iterable[SagaDefinition]) -> list[str]:
     """Every step, in every saga definition, that calls a provider and so travels as a task."""
     return sorted({s.name for d in definitions for s in d.all_steps if not s.is_local})
+
+
+def step_routes(step_queues: Mapping[str, str], definitions: Iterable[SagaDefinition]) -> dict[str, str]:
+    """STEP_QUEUES as step -> queue for every provider step it routes: a key naming a provider routes all that
+    provider's steps (its calls and their undoing: pay and cancel_payment), a key naming a step routes that step
+    and wins over its provider's. A key that is neither stops the process here."""
+    steps = [s for d in definitions for s in d.all_steps if not s.is_local]
+    providers = {s.provider for s in steps}
+    unknown = set(step_queues) - providers - {s.name for s in steps}
+    if unknown:
+        raise ValueError(f"STEP_QUEUES: {sorted(unknown)} name no provider ({', '.join(sorted(map(str, providers)))}) "
+                         "and no provider step")
+    routes = {s.name: step_queues[str(s.provider)] for s in steps if s.provider in step_queues}
+    routes.update({s.name: step_queues[s.name] for s in steps if s.name in step_queues})
+    return routes
 
 
 def configured_definitions(policies: Mapping[str, Mapping[str, float]]) -> dict[str, SagaDefinition]:

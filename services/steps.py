@@ -206,7 +206,7 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object, inline: b
                         attempt.number)
             return [], None
         metrics.step_attempted(ctx.step, attempt_outcome, (now - attempt.claimed_at).total_seconds())
-        claim = InlineClaim(task_id, rt.settings.step_lease_s) if inline else None
+        claim = InlineClaim(task_id, rt.settings.step_lease_s, rt.publisher.queue_for(ctx.step)) if inline else None
         executor = Executor(conn, saga, now, rt, order=ctx.order, inline=claim)
         dispatches = executor.handle(event, outcome)
         _record_effects(conn, rt, executor, ctx, event, reply)

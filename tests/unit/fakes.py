@@ -31,6 +31,10 @@ class RecordingPublisher:
         self.queue = "saga"
         self.fail = fail
         self.sent: list[tuple[int, str]] = []
+        self.routes: dict[str, str] = {}
+
+    def queue_for(self, step: str) -> str:
+        return self.routes.get(step, self.queue)
 
     def publish(self, dispatches: Sequence[tuple[int, str]], orders: Any = None) -> list[tuple[int, str]]:
         """Record the dispatches; answer them all as failed when `fail` is set, none otherwise."""
