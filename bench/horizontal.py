@@ -280,7 +280,11 @@ def run(args: argparse.Namespace, sandbox: c.Sandbox, config: dict[str, Any], la
                 raise RuntimeError(f"a client thread failed: {errors[0]!r}")
 
             def drained() -> bool:
-                now = counts(baseline)
+                try:
+                    now = counts(baseline)
+                except sa.exc.OperationalError as exc:  # a PostgreSQL shared with others may be out of connections
+                    c.log(f"{label}: could not count the sagas ({str(exc).splitlines()[0]}); trying again")
+                    return False
                 return sum(now.get(s, 0) for s in SAGA_TERMINAL) >= sum(now.values())
 
             _drain(drained, args.timeout, "every saga to end", [*procs, api], label)
@@ -357,8 +361,11 @@ def bound(r: dict[str, Any]) -> str:
     cpu, pg, q = r["cpu"], r["postgres"], r["unfinished_sagas"]
     if cpu["busy_share"] is not None and cpu["busy_share"] >= BUSY_CPU:
         per = cpu["ms_per_saga"]
-        top = max((k for k in per if per[k] is not None), key=lambda k: per[k])
-        return f"CPU ({cpu['busy_cores']:.2f} of {cpu['cores']} cores busy; most: {top})"
+        ours = {k: v for k, v in per.items() if v is not None and k not in ("other", "client")}
+        top = max(ours, key=lambda k: ours[k])
+        share = per["other"] / cpu_total if (cpu_total := r["cpu"]["ms_per_saga_total"]) else 0
+        return (f"CPU ({cpu['busy_cores']:.2f} of {cpu['cores']} cores busy; most: {top}"
+                + (f"; {share:.0%} outside the stack" if share >= 0.1 else "") + ")")
     if pg["samples"] and pg["lock_wait_samples"] / pg["samples"] > 0.2:
         return f"database locks (waits in {pg['lock_wait_samples']} of {pg['samples']} samples)"
     if (cpu["postgres_backend_cores"] or 0) >= 0.8:
