@@ -182,6 +182,18 @@ def test_breaker_states_and_queue_depth_are_read_from_redis(engine: Engine) -> N
     assert value(samples, "bookmarket_queue_depth", queue=engine.rt.settings.queue) == 3
 
 
+def test_with_step_queues_the_queue_depth_has_a_sample_per_queue(engine: Engine) -> None:
+    client_redis = fakeredis.FakeRedis()
+    engine.rt.breakers = shared_breakers(client_redis)
+    engine.rt.settings = replace(engine.rt.settings, step_queues={"payment": "bm.payment"})
+    client_redis.rpush("bm.payment", b"a", b"b")
+    client_redis.rpush(engine.rt.settings.queue, b"c")
+
+    samples = scrape(open_client(engine.rt))
+    assert value(samples, "bookmarket_queue_depth", queue="bm.payment") == 2
+    assert value(samples, "bookmarket_queue_depth", queue=engine.rt.settings.queue) == 1
+
+
 def test_with_redis_down_the_scrape_answers_the_database_gauges_and_says_redis_failed(engine: Engine) -> None:
     engine.play("charge", *["lost"] * ORDER_SAGA.step("pay").retry.max_attempts)
     nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)

@@ -86,3 +86,25 @@ def test_a_task_runs_inline_only_the_steps_of_its_own_queue(engine: Engine) -> N
     assert engine.runs_of(placed.saga_id) == ["pay", "ship"]
     assert engine.order(placed.order.id).status is OrderStatus.SHIPPED
     assert [engine.publisher.queue_for(step) for _, step in engine.publisher.sent] == ["bm.payment", "saga"]
+
+
+@pytest.mark.parametrize(("env", "argv", "consumed"), [
+    ({}, [], "saga"),
+    ({"STEP_QUEUES": "payment=bm.payment"}, [], "saga,bm.payment"),
+    ({"STEP_QUEUES": "payment=bm.payment", "WORKER_QUEUES": "bm.payment"}, [], "bm.payment"),
+    ({"STEP_QUEUES": "payment=bm.payment"}, ["--queues", "saga"], "saga"),
+])
+def test_bookmarket_worker_consumes_worker_queues_or_every_queue(monkeypatch: pytest.MonkeyPatch,
+                                                                  env: dict[str, str], argv: list[str],
+                                                                  consumed: str) -> None:
+    from cli import main as cli_main
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(cli_main, "_exec", lambda run: calls.append(run) or 0)
+    for name in ("STEP_QUEUES", "WORKER_QUEUES", "SAGA_QUEUE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    assert cli_main.main(["worker", *argv]) == 0
+    assert calls[0][calls[0].index("--queues") + 1] == consumed
