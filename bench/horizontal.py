@@ -426,6 +426,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[st
                    "cores per worker proc", "api", "workers", "postgres", "redis", "sandbox", "client", "other",
                    "total", "pg commits/saga", "lock-wait samples", "pg conns max", "redis cmd/s", "redis cmd/saga",
                    "queue median/max", "in flight median/max", "bound"], rows, digits=2)
+    print(markdown(results), flush=True)
     pg_ms = [r["cpu"]["ms_per_saga"]["postgres"] for r in results if r["cpu"]["ms_per_saga"]["postgres"]]
     redis_ms = [r["cpu"]["ms_per_saga"]["redis"] for r in results if r["cpu"]["ms_per_saga"]["redis"]]
     ceiling = {}
@@ -453,6 +454,24 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], env: dict[st
                   "the client threads, the API and the sandbox share the machine's cores with the workers"]})
     print(f"results: {path.relative_to(c.ROOT)}")
     print(f"command: {command}", flush=True)
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The table as the README shows it (README, Running many workers), ready to paste."""
+    lines = ["| latency ms | workers | groups | sagas/s | × 1 worker | busy cores | CPU ms/saga: api / workers / "
+             "postgres / redis / sandbox / other | PG commits/saga | lock-wait samples | PG conns max | "
+             "Redis cmd/saga | in flight median | bound |", "|" + "---|" * 13]
+    for r in results:
+        per, pg = r["cpu"]["ms_per_saga"], r["postgres"]
+        speedup = c.fmt(r.get("speedup_vs_1"), 2)
+        parts = " / ".join(c.fmt(per[k]) for k in ("api", "workers", "postgres", "redis", "sandbox", "other"))
+        lines.append(f"| {'-'.join(str(x) for x in sorted(set(r['latency_ms'])))} | {r['config']} | "
+                     f"{len(r['groups'])} | {c.fmt(r['throughput_per_s'])} | {speedup} | "
+                     f"{r['cpu']['busy_cores']:.2f}/{r['cpu']['cores']} | {parts} | {c.fmt(pg['commits_per_saga'])} | "
+                     f"{pg['lock_wait_samples']}/{pg['samples']} | {pg['connections_max']} | "
+                     f"{c.fmt(r['redis']['commands_per_saga'], 0)} | {r['unfinished_sagas']['median']:.0f} | "
+                     f"{r['bound'].split(' (')[0]} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
