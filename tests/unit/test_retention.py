@@ -109,6 +109,7 @@ def test_old_finished_sagas_leave_and_active_parked_and_recent_ones_stay(engine:
     assert {t.name: rows(engine, t) for t in KEPT_TABLES} == kept_before  # orders, read models, audit log intact
     assert any(entry.saga_id == made["parked"] for entry in _audit(engine))
     assert run(engine).sagas == 0  # nothing left to move
+    assert engine.run(made["completed"], "pay") == "not claimed"  # a late duplicate message finds nothing to do
 
 
 def _audit(engine: Engine) -> list[Any]:
