@@ -106,6 +106,24 @@ def test_two_runners_at_once_move_each_saga_once(engine: Engine) -> None:
     assert sum(r.sagas for r in reports) == 30 and ids(engine, sagas_archive) == made
 
 
+def test_a_batch_that_would_wait_on_a_lock_gives_up_after_the_lock_timeout(
+        engine: Engine, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step row held without its saga (nothing in the engine does that, but a hand-written UPDATE might): the
+    batch waits LOCK_TIMEOUT, is rolled back and tried again, and the run stops with the error, moving nothing."""
+    made = old_sagas(engine, 2)
+    monkeypatch.setattr(retention, "LOCK_TIMEOUT", "50ms")
+    other = make_engine(pg_url)
+    try:
+        with other.begin() as conn:
+            conn.execute(sa.text("SELECT 1 FROM saga_steps WHERE saga_id = :id FOR UPDATE"), {"id": min(made)})
+            with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+                run(engine)
+            assert ids(engine, sagas) == made and ids(engine, sagas_archive) == set()
+        assert run(engine).sagas == 2
+    finally:
+        other.dispose()
+
+
 def test_a_scheduled_pass_gives_way_to_one_already_running(engine: Engine, pg_url: str) -> None:
     old_sagas(engine, 2)
     other = make_engine(pg_url)

@@ -233,6 +233,13 @@ def test_settings_and_schedule() -> None:
         Settings.from_env({"RETENTION_BATCH": "0"})
 
 
+def test_a_run_needs_days_and_a_known_mode(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="above 0"):
+        run(engine, days=0)
+    with pytest.raises(ValueError, match="archive or delete"):
+        run(engine, mode="shred")
+
+
 def test_the_worker_task_runs_a_bounded_pass(engine: Engine) -> None:
     from workers.app import create_celery
 
