@@ -118,6 +118,8 @@ class SagaTimeline(MethodView):
     @requires("viewer")
     @admin.response(200, TimelineSchema)
     @admin.alt_response(404, description="No such saga")
+    @admin.alt_response(410, description="The saga finished and retention moved it out (RETENTION_DAYS); its order "
+                                         "and audit log stay")
     def get(self, saga_id: int) -> Any:
         """One saga: every attempt of every step, its state changes, its audit log and the actions it allows."""
         return saga_search.timeline(runtime(), saga_id)
@@ -129,6 +131,8 @@ class SagaAction(MethodView):
     @admin.arguments(ActionSchema)
     @admin.response(200, ActionResultSchema)
     @admin.alt_response(404, description="No such saga")
+    @admin.alt_response(410, description="The saga finished and retention moved it out (RETENTION_DAYS); its order "
+                                         "and audit log stay")
     @admin.alt_response(409, description="The saga's state does not allow it, or another action on it is running")
     @admin.alt_response(422, description="No reason given, or an invalid step")
     def post(self, data: dict[str, Any], saga_id: int, action: str) -> Any:

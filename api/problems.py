@@ -17,6 +17,7 @@ from domain.errors import (
     InvalidTransition,
     NotFound,
     Overloaded,
+    SagaArchived,
     SagaNeedsSupport,
     UnknownBook,
 )
@@ -95,6 +96,7 @@ def register_problem_handlers(app: Flask) -> None:
     app.register_error_handler(UnknownBook, lambda e: field_problem("book_id", str(e)))
     app.register_error_handler(InvalidQuantity, lambda e: field_problem("qty", str(e)))
     app.register_error_handler(NotFound, lambda e: problem(404, "Not Found", str(e)))
+    app.register_error_handler(SagaArchived, _archived)
     app.register_error_handler(IdempotencyConflict, lambda e: problem(409, "Conflict", str(e)))
     app.register_error_handler(InvalidTransition, lambda e: problem(409, "Conflict", str(e)))
     app.register_error_handler(SagaNeedsSupport, lambda e: problem(409, "Conflict", str(e)))
@@ -110,6 +112,11 @@ def register_problem_handlers(app: Flask) -> None:
 def _refused(error: ActionRefused) -> Response:
     extra: dict[str, object] = {"saga_id": error.saga_id, "state": error.state} if error.saga_id else {}
     return problem(409, "Conflict", str(error), None, **extra)
+
+
+def _archived(error: SagaArchived) -> Response:
+    return problem(410, "Gone", str(error), None, saga_id=error.saga_id, saga_status=error.status,
+                   order_id=error.order_id, archived_at=error.archived_at, steps_kept=error.steps_kept)
 
 
 def _overloaded(error: Overloaded) -> Response:

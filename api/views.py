@@ -178,6 +178,8 @@ class SagaById(MethodView):
     @requires("storefront")
     @blp.response(200, SagaSchema)
     @blp.alt_response(404, description="No such saga")
+    @blp.alt_response(410, description="The saga finished and retention moved it out (RETENTION_DAYS); its order "
+                                       "still lists it")
     def get(self, saga_id: int) -> Any:
         """A saga with its steps in order: status, attempts, error and times of each."""
         view = service.get_saga(runtime(), saga_id)

@@ -1,5 +1,5 @@
 """`bookmarket`: run the whole stack (`up`) or one piece of it (`api`, `worker`, `beat`, `flower`, `sandbox`,
-`migrate`); `config` prints the settings."""
+`migrate`); `config` prints the settings; `retention run` moves old finished sagas out now."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from cli import retention as retention_cli
 from cli import sagas as sagas_cli
 from cli.embedded import EmbeddedRedis
 from cli.ports import port_problem
@@ -74,6 +75,7 @@ def parser() -> argparse.ArgumentParser:
     alive.add_argument("--max-age", type=float, default=None,
                        help="seconds the heartbeat may be old (4 x WORKER_HEARTBEAT_S: 20)")
     sagas_cli.add_parser(sub)
+    retention_cli.add_parser(sub)
     return p
 
 
@@ -321,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         return up(args)
     if args.command == "sagas":
         return sagas_cli.run(args)
+    if args.command == "retention":
+        return retention_cli.run(args, settings)
     if args.command == "config":
         print(config_json(settings))
         return 0

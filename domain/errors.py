@@ -36,6 +36,19 @@ class SagaNotFound(NotFound):
         super().__init__("saga", saga_id)
 
 
+class SagaArchived(SagaNotFound):
+    """Retention moved the finished saga out of the working tables (RETENTION_DAYS): its order and audit log stay."""
+
+    def __init__(self, saga_id: int, status: str, order_id: int, archived_at: object, steps_kept: bool) -> None:
+        where = ("its steps and attempts are in the archive tables" if steps_kept
+                 else "its steps and attempts were deleted (RETENTION_MODE=delete)")
+        NotFound.__init__(self, "saga", saga_id)
+        self.args = (f"saga {saga_id} finished {status} and was archived by retention at {archived_at}; {where}; "
+                     f"its order {order_id} and audit log are kept",)
+        self.saga_id, self.status, self.order_id = saga_id, status, order_id
+        self.archived_at, self.steps_kept = archived_at, steps_kept
+
+
 class UnknownBook(NotFound):
     def __init__(self, book_id: int) -> None:
         super().__init__("book", book_id)

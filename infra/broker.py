@@ -77,9 +77,19 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_max_retries=None,
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3},
-        beat_schedule={"sweep": {"task": "saga.sweep", "schedule": settings.sweep_interval_s}},
+        beat_schedule=beat_schedule(settings),
     )
     return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
+    """What beat sends: the sweeper every SWEEP_INTERVAL_S; with RETENTION_DAYS above 0, a retention pass every
+    RETENTION_INTERVAL_S (each pass at most RETENTION_MAX_BATCHES batches, one process at a time)."""
+    schedule: dict[str, dict[str, object]] = {"sweep": {"task": "saga.sweep", "schedule": settings.sweep_interval_s}}
+    if settings.retention_days > 0:
+        schedule["retention"] = {"task": "saga.retention", "schedule": settings.retention_interval_s,
+                                 "options": {"expires": settings.retention_interval_s}}
+    return schedule
 
 
 def _guard_restore_at_close() -> None:

@@ -84,6 +84,11 @@ class Settings:
     rate_limit_timeout_s: float
     trusted_proxies: int
     cors_origins: tuple[str, ...]
+    retention_days: float
+    retention_mode: str
+    retention_batch: int
+    retention_interval_s: float
+    retention_max_batches: int
     # Where the order rate limits are counted: "" is REDIS_URL (the fast tier gives memory://). Not read from the
     # environment: a second Redis URL would be a second secret to keep out of ConfigMaps.
     rate_limit_storage_url: str = ""
@@ -153,6 +158,12 @@ class Settings:
             rate_limit_timeout_s=float(_env("RATE_LIMIT_TIMEOUT_S", "0.25")),
             trusted_proxies=_whole("TRUSTED_PROXIES", _env("TRUSTED_PROXIES", "0")),
             cors_origins=_origins(_env("CORS_ORIGINS", "")),
+            # Retention of finished sagas (README "Retention"): 0 days keeps them forever
+            retention_days=float(_env("RETENTION_DAYS", "0")),
+            retention_mode=_choice("RETENTION_MODE", _env("RETENTION_MODE", "archive"), ("archive", "delete")),
+            retention_batch=_positive("RETENTION_BATCH", _env("RETENTION_BATCH", "1000")),
+            retention_interval_s=float(_env("RETENTION_INTERVAL_S", "3600")),
+            retention_max_batches=_positive("RETENTION_MAX_BATCHES", _env("RETENTION_MAX_BATCHES", "10")),
         )
 
     def all_queues(self) -> tuple[str, ...]:
@@ -244,6 +255,12 @@ def _rate(name: str, raw: str) -> str:
 def _whole(name: str, raw: str) -> int:
     if not raw.strip().isdigit():
         raise ValueError(f"{name} must be a whole number, got {raw!r}")
+    return int(raw)
+
+
+def _positive(name: str, raw: str) -> int:
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a whole number of 1 or more, got {raw!r}")
     return int(raw)
 
 

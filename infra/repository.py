@@ -26,6 +26,7 @@ from infra.tables import (
     payments,
     saga_steps,
     sagas,
+    sagas_archive,
     step_attempts,
 )
 from saga.definition import SagaDefinition
@@ -479,7 +480,12 @@ def saga_attempts(conn: Connection, saga_id: int) -> Sequence[Any]:
 
 
 def sagas_of_order(conn: Connection, order_id: int) -> Sequence[Any]:
-    return conn.execute(sa.select(sagas).where(sagas.c.order_id == order_id).order_by(sagas.c.id)).all()
+    """Every saga of the order (id, kind, status), the ones retention archived included, oldest first."""
+    live = sa.select(sagas.c.id, sagas.c.kind, sagas.c.status).where(sagas.c.order_id == order_id)
+    archived = (sa.select(sagas_archive.c.id, sagas_archive.c.kind, sagas_archive.c.status)
+                .where(sagas_archive.c.order_id == order_id))
+    both = sa.union_all(live, archived).subquery()
+    return conn.execute(sa.select(both).order_by(both.c.id)).all()
 
 
 def _step_where(saga_id: int, name: str) -> Any:

@@ -130,6 +130,48 @@ step_attempts = sa.Table(
     sa.Column("outcome_unknown", sa.Boolean, nullable=False),
 )
 
+# Retention (`bookmarket retention run`, RETENTION_DAYS): the finished sagas (COMPLETED, COMPENSATED) that retention
+# looks for, oldest first. Partial: only finished sagas still in `sagas` are in it, so the search never reads active
+# or parked ones and the index stays as small as what RETENTION_DAYS keeps.
+_FINISHED = sagas.c.status.in_(("COMPLETED", "COMPENSATED"))
+sa.Index("ix_sagas_finished_retention", sagas.c.finished_at, postgresql_where=_FINISHED, sqlite_where=_FINISHED)
+
+# Where retention moves a finished saga: its row always (the order keeps its sagas: GET /orders/<id> lists them and a
+# later cancel of a shipped order needs to know its saga completed), its steps and attempts only with
+# RETENTION_MODE=archive (RETENTION_MODE=delete removes those). No foreign keys: a move is plain inserts, and nothing
+# writes to these tables but retention.
+sagas_archive = sa.Table(
+    "sagas_archive",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("order_id", sa.Integer, nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("recoveries", sa.Integer, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.Column("finished_at", Time),
+    sa.Column("archived_at", Time, nullable=False),
+    sa.Column("steps_kept", sa.Boolean, nullable=False),  # False: RETENTION_MODE=delete removed steps and attempts
+)
+
+saga_steps_archive = sa.Table(
+    "saga_steps_archive",
+    metadata,
+    *(sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, autoincrement=False)
+      for c in saga_steps.columns),
+)
+
+step_attempts_archive = sa.Table(
+    "step_attempts_archive",
+    metadata,
+    *(sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, autoincrement=False)
+      for c in step_attempts.columns),
+)
+
 payments = sa.Table(
     "payments",
     metadata,

@@ -8,6 +8,7 @@ from sqlalchemy.engine import Connection
 from domain.errors import OrderNotFound, SagaNeedsSupport
 from domain.model import Order, OrderStatus
 from infra import repository as repo
+from infra import retention as retention_store
 from saga.orchestrator import CancelRequested, SagaStatus
 from saga.order_saga import CANCEL_SAGA, ORDER_SAGA
 from services.executor import Dispatch, Executor, start_saga
@@ -51,7 +52,11 @@ def _cancel(rt: Runtime, conn: Connection, order_id: int, reason: str) -> list[D
 
 def _cancel_order_saga(rt: Runtime, conn: Connection, order: Order, saga_id: int, reason: str) -> list[Dispatch]:
     saga = repo.load_saga(conn, saga_id, lock=True)
-    assert saga is not None
+    if saga is None:  # retention moved it out (maybe while we waited for its lock): it had finished
+        archived = retention_store.archived_saga(conn, saga_id)
+        if archived is not None and archived.status == SagaStatus.COMPLETED:
+            return _start_cancel_saga(rt, conn, order, reason)
+        return []  # compensated: its order is already rejected or cancelled
     if saga.status is SagaStatus.FAILED:
         raise SagaNeedsSupport(saga_id)
     if saga.status is SagaStatus.COMPLETED:

@@ -11,13 +11,14 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.engine import Connection
 
-from domain.errors import IdempotencyConflict, OrderNotFound, SagaNotFound, UnknownBook
+from domain.errors import IdempotencyConflict, OrderNotFound, UnknownBook
 from domain.model import Book, Order, OrderStatus, check_quantity
 from infra import metrics
 from infra import repository as repo
 from infra.logs import log_context
 from saga.definition import SagaDefinition
 from saga.order_saga import ORDER_SAGA
+from services import retention
 from services.executor import first_dispatch, start_saga
 from services.runtime import Runtime
 from services.steps import publish
@@ -165,7 +166,7 @@ def saga_view(conn: Connection, saga_id: int) -> SagaView:
     """The saga row and its step rows in order, read in the caller's transaction."""
     saga = repo.saga_row(conn, saga_id)
     if saga is None:
-        raise SagaNotFound(saga_id)
+        raise retention.missing(conn, saga_id)
     return SagaView(saga, list(repo.saga_step_rows(conn, saga_id)))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from domain.errors import DomainError, SagaNotFound
+from domain.errors import DomainError
 from infra import repository as repo
 from infra.repository import SagaRecord
 from infra.tables import audit_log
@@ -29,6 +29,7 @@ from saga.orchestrator import (
     compensate_now,
 )
 from saga.order_saga import CANCEL_SAGA, ORDER_SAGA
+from services import retention
 from services.executor import Dispatch, Executor, start_saga
 from services.runtime import Runtime
 from services.steps import publish
@@ -123,7 +124,7 @@ def _perform(rt: Runtime, cmd: SupportAction) -> ActionResult:
         _hold(conn, cmd)
         saga = repo.load_saga(conn, cmd.saga_id, lock=True)
         if saga is None:
-            raise SagaNotFound(cmd.saga_id)
+            raise retention.missing(conn, cmd.saga_id)
         before = state_label(saga)
         if cmd.expect is not None and before != cmd.expect:
             raise ActionRefused(cmd.saga_id, cmd.action.value, f"it is {before} now, not {cmd.expect} as planned",

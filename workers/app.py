@@ -24,6 +24,7 @@ from infra.config import Settings
 from infra.logs import configure_logging, log_context
 from infra.providers import ProviderReply
 from services.effects import StepEffects
+from services.retention import retention_pass
 from services.runtime import Runtime, build_runtime, configured_definitions, provider_steps
 from services.steps import StepAttemptFailed, run_task
 from services.sweeper import sweep
@@ -135,6 +136,12 @@ def create_celery(settings: Settings | None = None) -> Celery:
         report = sweep(holder.get())
         return {"dispatched": report.dispatched, "recovered": report.recovered, "parked": report.parked,
                 "forgotten_keys": report.forgotten_keys}
+
+    @app.task(name="saga.retention", ignore_result=True, acks_late=False, shared=False)
+    def retention_task() -> dict[str, object]:
+        rt = holder.get()
+        return retention_pass(rt.db, settings.retention_days, settings.retention_batch, settings.retention_mode,
+                              settings.retention_max_batches, rt.clock).as_dict()
 
     app.conf.bookmarket_holder = holder
     return app

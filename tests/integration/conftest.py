@@ -157,7 +157,7 @@ def live(stack: Stack) -> Stack:
 
 # Every table a test writes, emptied between the tests of a module that shares one migrated PostgreSQL database.
 TABLES = ("audit_log, bulk_plans, step_attempts, notifications, customer_orders, payments, deliveries, saga_steps, "
-          "sagas, orders")
+          "sagas, orders, sagas_archive, saga_steps_archive, step_attempts_archive")
 
 
 @pytest.fixture(scope="module")
