@@ -44,6 +44,7 @@ class Settings:
     max_recoveries: int
     publish_timeout_s: float
     db_pool_size: int
+    database_prepared_statements: bool
     queue: str
     step_policies: dict[str, dict[str, float]]
     breaker_fail_max: int
@@ -108,6 +109,8 @@ class Settings:
             max_recoveries=int(_env("MAX_RECOVERIES", "5")),
             publish_timeout_s=float(_env("PUBLISH_TIMEOUT_S", "2")),
             db_pool_size=int(_env("DB_POOL_SIZE", "16")),
+            database_prepared_statements=_choice("DATABASE_PREPARED_STATEMENTS",
+                                                 _env("DATABASE_PREPARED_STATEMENTS", "on"), ("on", "off")) == "on",
             queue=_env("SAGA_QUEUE", "saga"),
             step_policies=_json_object("STEP_POLICIES", _env("STEP_POLICIES", "{}")),
             breaker_fail_max=int(_env("BREAKER_FAIL_MAX", "5")),

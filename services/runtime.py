@@ -42,12 +42,13 @@ class Runtime:
             client.close()
 
 
-def build_runtime(settings: Settings, celery: Celery | None = None, db: Database | None = None) -> Runtime:
-    """Wire settings to a database, provider clients and a publisher."""
+def build_runtime(settings: Settings, celery: Celery | None = None, db: Database | None = None,
+                  role: str = "worker") -> Runtime:
+    """Wire settings to a database (the connections named `bookmarket-<role>`), provider clients and a publisher."""
     celery = celery or make_celery(settings)
     return Runtime(
         settings=settings,
-        db=db or Database.from_url(settings.database_url, settings.db_pool_size),
+        db=db or Database.for_process(settings, role),
         providers=Providers.from_urls(settings.payment_url, settings.delivery_url, settings.messaging_url,
                                       settings.provider_timeout_s),
         publisher=Publisher(celery, settings.queue, settings.chaos_duplicate_dispatch, settings.publish_timeout_s),

@@ -39,7 +39,8 @@ class SweeperLoop:
         while not self._stop.wait(self.settings.sweep_interval_s):
             try:
                 # its own broker connections, and one database connection: a sweep is one transaction at a time
-                runtime = runtime or build_runtime(self.settings, db=Database.from_url(self.settings.database_url, 1))
+                runtime = runtime or build_runtime(self.settings, db=Database.for_process(self.settings, "sweeper", 1),
+                                                   role="sweeper")
                 sweep(runtime)
             except Exception:  # noqa: BLE001 - the database or broker is down: try again next round
                 log.warning("sweep failed; retrying in %ss", self.settings.sweep_interval_s, exc_info=True)
