@@ -34,6 +34,7 @@ ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 class Settings:
     database_url: str
     redis_url: str
+    redis_sentinel_master: str
     payment_url: str
     delivery_url: str
     messaging_url: str
@@ -99,6 +100,7 @@ class Settings:
         return cls(
             database_url=_env("DATABASE_URL", "sqlite:///var/bookmarket.db"),
             redis_url=_env("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            redis_sentinel_master=_env("REDIS_SENTINEL_MASTER", "mymaster"),
             payment_url=_env("PAYMENT_URL", f"{sandbox}/payment"),
             delivery_url=_env("DELIVERY_URL", f"{sandbox}/delivery"),
             messaging_url=_env("MESSAGING_URL", f"{sandbox}/messaging"),

@@ -86,5 +86,6 @@ def build_breakers(settings: Settings) -> Breakers:
         return BreakerPolicy(int(override.get("fail_max", settings.breaker_fail_max)),
                              float(override.get("reset_s", settings.breaker_reset_s)))
 
-    client = redis_from_url(settings.redis_url, settings.breaker_redis_timeout_s)  # on the POST /orders path too
+    client = redis_from_url(settings.redis_url, settings.breaker_redis_timeout_s,  # on the POST /orders path too
+                            sentinel_master=settings.redis_sentinel_master)
     return Breakers(client, {p: policy(p) for p in PROVIDERS}, namespace=f"bookmarket:{settings.queue}:breaker")
