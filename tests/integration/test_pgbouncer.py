@@ -161,14 +161,14 @@ class Run:
 
 
 @contextlib.contextmanager
-def started(tmp: Path, bouncer: PgBouncer, alias: str, database: str, prepared: str) -> Iterator[Run]:
-    """Migrate through PgBouncer, then start the sandbox, a worker (default thread pool, with its sweeper) and
-    the API under gunicorn (two processes), all with DATABASE_PREPARED_STATEMENTS=`prepared`."""
-    upgrade(bouncer.url(alias), prepared_statements=False)
+def started(tmp: Path, url: str, database: str, prepared: str) -> Iterator[Run]:
+    """Migrate through `url` (PgBouncer's), then start the sandbox, a worker (default thread pool, with its
+    sweeper) and the API under gunicorn (two processes), all with DATABASE_PREPARED_STATEMENTS=`prepared`."""
+    upgrade(url, prepared_statements=False)
     sandbox = start_sandbox(free_port(), tmp)
     metrics_dir = tmp / "prometheus"
     metrics_dir.mkdir()
-    env = {**stack_env(bouncer.url(alias), sandbox.url, f"saga-bouncer-{uuid.uuid4().hex[:8]}"),
+    env = {**stack_env(url, sandbox.url, f"saga-bouncer-{uuid.uuid4().hex[:8]}"),
            "DATABASE_PREPARED_STATEMENTS": prepared, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
            "ADMISSION_TARGET_MS": "0"}  # a hundred orders at once on a busy test machine: no pacing
     worker = start_worker(env, tmp / "worker.log")
@@ -234,7 +234,7 @@ def place_many(run: Run, count: int) -> list[requests.Response]:
 def test_through_pgbouncer_in_transaction_mode_everything_works_with_prepared_statements_off(
         bouncer: tuple[PgBouncer, dict[str, str], str], tmp_path: Path) -> None:
     pgbouncer, names, admin_url = bouncer
-    with started(tmp_path, pgbouncer, "off", names["off"], "off") as run, \
+    with started(tmp_path, pgbouncer.url("off"), names["off"], "off") as run, \
             ServerConnections(admin_url, names["off"]) as server:
         run.behave("payment", latency_ms=[20, 120])
         answers = place_many(run, 100)
@@ -285,7 +285,7 @@ def test_through_pgbouncer_in_transaction_mode_everything_works_with_prepared_st
 def test_through_pgbouncer_with_psycopgs_automatic_prepared_statements_the_same_run_fails(
         bouncer: tuple[PgBouncer, dict[str, str], str], tmp_path: Path) -> None:
     pgbouncer, names, _ = bouncer
-    with started(tmp_path, pgbouncer, "on", names["on"], "on") as run:
+    with started(tmp_path, pgbouncer.url("on"), names["on"], "on") as run:
         run.behave("payment", latency_ms=[20, 120])
         answers = place_many(run, 100)
         accepted = [a.json()["saga_id"] for a in answers if a.status_code == 202]
