@@ -36,8 +36,8 @@ def engine_options(url: str, pool_size: int = 16, *, prepared_statements: bool =
     Each connection says which process opened it (`application_name`, seen in pg_stat_activity) unless the URL
     names one. Without `prepared_statements` (DATABASE_PREPARED_STATEMENTS=off) psycopg never prepares a
     statement on the server (`prepare_threshold=None`; by default it does from a statement's 5th execution on a
-    connection): a prepared statement belongs to one server session, which a pooler in transaction mode
-    (PgBouncer before 1.21) hands to another client after each transaction."""
+    connection): a prepared statement belongs to one server session, which a pooler in transaction mode hands to
+    another client after each transaction (PgBouncer follows them only from 1.22 on, with libpq 17: README)."""
     if normalize_url(url).startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
