@@ -2,14 +2,20 @@
 PostgreSQL connection, a `sentinel://` REDIS_URL for the broker and the other Redis clients."""
 from __future__ import annotations
 
-import pytest
+import inspect
+from pathlib import Path
 
+import pytest
+import yaml
+
+from cli.main import gunicorn_api, parser
 from infra.broker import make_celery
 from infra.config import Settings
 from infra.db import engine_options
 from infra.redis_client import SentinelAddress, sentinel_address
 
 PG = "postgresql://u@db:5432/shop"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_prepared_statements_off_turns_psycopgs_automatic_preparation_off_and_on_leaves_it() -> None:
@@ -40,3 +46,19 @@ def test_the_broker_on_sentinels_asks_for_the_configured_master() -> None:
     options = make_celery(settings).conf.broker_transport_options
     assert options["master_name"] == "shop" and options["sentinel_kwargs"]["password"] == "pw"
     assert "master_name" not in make_celery(Settings.from_env({})).conf.broker_transport_options
+
+
+def test_the_readmes_postgresql_connection_totals_follow_the_defaults_of_the_chart_compose_and_up() -> None:
+    values = yaml.safe_load((ROOT / "helm/bookmarket/values.yaml").read_text())
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    pool = int(values["config"]["dbPoolSize"])
+    assert pool == Settings.from_env({}).db_pool_size == int(compose["x-bookmarket-env"]["DB_POOL_SIZE"])
+    per_api = inspect.signature(gunicorn_api).parameters["workers"].default * pool  # gunicorn processes
+    per_worker = pool + 1  # and its sweeper
+    scale = {bound: values["api"]["autoscaling"][bound] * per_api + values["worker"]["autoscaling"][bound] * per_worker
+             for bound in ("minReplicas", "maxReplicas")}
+    up_workers = parser().parse_args(["up"]).workers
+    in_compose = per_api + compose["services"]["worker"]["deploy"]["replicas"] * per_worker
+    readme = (ROOT / "README.md").read_text()
+    for total in (per_api + up_workers * per_worker, in_compose, scale["minReplicas"], scale["maxReplicas"]):
+        assert f"= **{total}**" in readme, total
