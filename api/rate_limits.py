@@ -29,10 +29,11 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.problems import problem
 from infra.config import Settings
+from infra.redis_client import sentinel_address
 
 log = logging.getLogger(__name__)
 ORDERS_ENDPOINT = "orders.Orders"
-STORAGE_SCHEMES = frozenset({"redis", "rediss", "redis+unix", "memory"})
+STORAGE_SCHEMES = frozenset({"redis", "rediss", "redis+unix", "redis+sentinel", "memory"})
 KEY_PREFIX = "bookmarket:ratelimit"
 FALLBACK_S = 5.0  # after a Redis error, count in process memory this long before trying Redis again
 
@@ -106,6 +107,11 @@ def storage_uri(settings: Settings) -> str:
         return "redis+unix://" + url[len("redis+socket://"):]
     if url.startswith("unix://"):
         return "redis+unix://" + url[len("unix://"):]
+    address = sentinel_address(url)
+    if address is not None:  # limits spells it redis+sentinel://[:password@]host:port,host:port/<master>
+        auth = f"{address.username or ''}:{address.password}@" if address.password else ""
+        hosts = ",".join(f"{host}:{port}" for host, port in address.sentinels)
+        return f"redis+sentinel://{auth}{hosts}/{settings.redis_sentinel_master}"
     if url.partition("://")[0] not in STORAGE_SCHEMES:
         log.warning("rate limits counted per process: the limiter cannot use a %s:// Redis",
                     url.partition("://")[0])
@@ -114,10 +120,15 @@ def storage_uri(settings: Settings) -> str:
 
 
 def _timeouts(settings: Settings) -> dict[str, Any]:
-    if not storage_uri(settings).startswith("redis"):
+    uri = storage_uri(settings)
+    if not uri.startswith("redis"):
         return {}
     timeout = settings.rate_limit_timeout_s
-    return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    address = sentinel_address(settings.rate_limit_storage_url or settings.redis_url)
+    if uri.startswith("redis+sentinel") and address is not None:  # counts are read from the master, not a replica
+        options.update(db=address.db, use_replicas=False, sentinel_kwargs=dict(options))
+    return options
 
 
 def token_key() -> str:

@@ -158,7 +158,7 @@ def up(args: argparse.Namespace) -> int:
         env["REDIS_URL"] = redis.url
     os.environ.update(env)
     print(f"bookmarket: migrating {env['DATABASE_URL']}", flush=True)
-    upgrade(env["DATABASE_URL"])
+    upgrade(env["DATABASE_URL"], prepared_statements=Settings.from_env().database_prepared_statements)
     supervisor = Supervisor(env)
     code = 1
     try:
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker-alive":
         return worker_alive(settings, args.max_age)
     if args.command == "migrate":
-        upgrade(settings.database_url)
+        upgrade(settings.database_url, prepared_statements=settings.database_prepared_statements)
         print(f"schema up to date: {settings.database_url}")
         return 0
     if args.command == "api":

@@ -9,6 +9,7 @@ from celery import Celery
 
 from infra.config import Settings
 from infra.logs import current
+from infra.redis_client import sentinel_address
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def make_celery(settings: Settings) -> Celery:
             "socket_connect_timeout": settings.publish_timeout_s,
             "max_retries": 1,
             "unacked_restore_limit": 100,
+            **_sentinel_options(settings),
         },
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_max_retries=None,
@@ -90,6 +92,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
         schedule["retention"] = {"task": "saga.retention", "schedule": settings.retention_interval_s,
                                  "options": {"expires": settings.retention_interval_s}}
     return schedule
+
+
+def _sentinel_options(settings: Settings) -> dict[str, object]:
+    """A `sentinel://` REDIS_URL: the master's name (REDIS_SENTINEL_MASTER), and the URL's credentials for the
+    Sentinels too, as the other Redis clients use them (infra/redis_client.py)."""
+    address = sentinel_address(settings.redis_url)
+    if address is None:
+        return {}
+    timeouts = {"socket_timeout": settings.publish_timeout_s, "socket_connect_timeout": settings.publish_timeout_s}
+    return {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": {**timeouts, **address.auth()}}
 
 
 def _guard_restore_at_close() -> None:

@@ -34,6 +34,7 @@ ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 class Settings:
     database_url: str
     redis_url: str
+    redis_sentinel_master: str
     payment_url: str
     delivery_url: str
     messaging_url: str
@@ -44,6 +45,7 @@ class Settings:
     max_recoveries: int
     publish_timeout_s: float
     db_pool_size: int
+    database_prepared_statements: bool
     queue: str
     step_queues: dict[str, str]
     worker_queues: tuple[str, ...]
@@ -105,6 +107,7 @@ class Settings:
         return cls(
             database_url=_env("DATABASE_URL", "sqlite:///var/bookmarket.db"),
             redis_url=_env("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            redis_sentinel_master=_env("REDIS_SENTINEL_MASTER", "mymaster"),
             payment_url=_env("PAYMENT_URL", f"{sandbox}/payment"),
             delivery_url=_env("DELIVERY_URL", f"{sandbox}/delivery"),
             messaging_url=_env("MESSAGING_URL", f"{sandbox}/messaging"),
@@ -115,6 +118,8 @@ class Settings:
             max_recoveries=int(_env("MAX_RECOVERIES", "5")),
             publish_timeout_s=float(_env("PUBLISH_TIMEOUT_S", "2")),
             db_pool_size=int(_env("DB_POOL_SIZE", "16")),
+            database_prepared_statements=_choice("DATABASE_PREPARED_STATEMENTS",
+                                                 _env("DATABASE_PREPARED_STATEMENTS", "on"), ("on", "off")) == "on",
             queue=_env("SAGA_QUEUE", "saga"),
             step_queues=_routes(_env("STEP_QUEUES", "")),
             worker_queues=_names("WORKER_QUEUES", _env("WORKER_QUEUES", "")),

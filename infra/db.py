@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from infra.config import Settings
+
 READ_ONLY = "bookmarket_read_only"
 
 
@@ -23,12 +25,19 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def engine_options(url: str, pool_size: int = 16) -> dict[str, Any]:
+def engine_options(url: str, pool_size: int = 16, *, prepared_statements: bool = True,
+                   application_name: str = "bookmarket") -> dict[str, Any]:
     """create_engine keyword arguments for `url` (also handed to Flask-SQLAlchemy by the API).
 
     On PostgreSQL a process keeps at most `pool_size` connections (DB_POOL_SIZE) and opens no more: a thread that
     finds them all in use waits for one (up to 30 s). A connection is held only for a transaction, never across a
-    provider call, so 16 carry the API's 16 threads and a worker's 128 steps in flight alike."""
+    provider call, so 16 carry the API's 16 threads and a worker's 128 steps in flight alike.
+
+    Each connection says which process opened it (`application_name`, seen in pg_stat_activity) unless the URL
+    names one. Without `prepared_statements` (DATABASE_PREPARED_STATEMENTS=off) psycopg never prepares a
+    statement on the server (`prepare_threshold=None`; by default it does from a statement's 5th execution on a
+    connection): a prepared statement belongs to one server session, which a pooler in transaction mode hands to
+    another client after each transaction (PgBouncer follows them only from 1.22 on, with libpq 17: README)."""
     if normalize_url(url).startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
@@ -36,13 +45,21 @@ def engine_options(url: str, pool_size: int = 16) -> dict[str, Any]:
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
     # no overflow: a busy process does not open and close extra connections, and the count stays bounded;
     # liveness is checked only for a connection idle for a while (see _ping_after_idle).
-    return {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": 30, "connect_args": {"connect_timeout": 5}}
+    connect_args: dict[str, Any] = {"connect_timeout": 5}
+    if "application_name" not in sa.engine.make_url(url).query:
+        connect_args["application_name"] = application_name
+    if not prepared_statements:
+        connect_args["prepare_threshold"] = None
+    return {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": 30, "connect_args": connect_args}
 
 
-def make_engine(url: str, pool_size: int = 16) -> Engine:
+def make_engine(url: str, pool_size: int = 16, *, prepared_statements: bool = True,
+                application_name: str = "bookmarket") -> Engine:
     """An engine for `url`, prepared for our transactions."""
     url = normalize_url(url)
-    return prepare_engine(sa.create_engine(url, **engine_options(url, pool_size)))
+    options = engine_options(url, pool_size, prepared_statements=prepared_statements,
+                             application_name=application_name)
+    return prepare_engine(sa.create_engine(url, **options))
 
 
 PING_AFTER_IDLE_S = 5.0
@@ -99,8 +116,19 @@ class Database:
         self.engine = engine
 
     @classmethod
-    def from_url(cls, url: str, pool_size: int = 16) -> Database:
-        return cls(make_engine(url, pool_size))
+    def from_url(cls, url: str, pool_size: int = 16, *, prepared_statements: bool = True,
+                 application_name: str = "bookmarket") -> Database:
+        return cls(make_engine(url, pool_size, prepared_statements=prepared_statements,
+                               application_name=application_name))
+
+    @classmethod
+    def for_process(cls, settings: Settings, role: str, pool_size: int | None = None) -> Database:
+        """The database of a process of `role` (api, worker, sweeper, cli...): DATABASE_URL, at most DB_POOL_SIZE
+        connections unless `pool_size` says otherwise, DATABASE_PREPARED_STATEMENTS, and `bookmarket-<role>` as
+        the connections' application_name."""
+        return cls.from_url(settings.database_url, settings.db_pool_size if pool_size is None else pool_size,
+                            prepared_statements=settings.database_prepared_statements,
+                            application_name=f"bookmarket-{role}")
 
     @property
     def dialect(self) -> str:

@@ -18,7 +18,8 @@ def run_offline() -> None:
 
 
 def run_online() -> None:
-    engine = make_engine(url)
+    engine = make_engine(url, 1, prepared_statements=config.attributes.get("prepared_statements", True),
+                         application_name="bookmarket-migrate")
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
         with context.begin_transaction():

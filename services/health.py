@@ -88,7 +88,8 @@ class Readiness:
 
     @classmethod
     def of(cls, rt: Runtime, timeout_s: float) -> Readiness:
-        broker = redis_from_url(rt.settings.redis_url, timeout_s, max_connections=2)
+        broker = redis_from_url(rt.settings.redis_url, timeout_s, max_connections=2,
+                                sentinel_master=rt.settings.redis_sentinel_master)
         return cls({"database": lambda: _select_one(rt), "broker": lambda: _ping(broker)}, timeout_s)
 
     def check(self) -> dict[str, str]:

