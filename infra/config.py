@@ -85,6 +85,9 @@ class Settings:
     # Where the order rate limits are counted: "" is REDIS_URL (the fast tier gives memory://). Not read from the
     # environment: a second Redis URL would be a second secret to keep out of ConfigMaps.
     rate_limit_storage_url: str = ""
+    # BROKER_URL: the Celery broker; "" is REDIS_URL (Redis), "amqp://user:password@host:5672/vhost" is RabbitMQ.
+    # Breaker state, rate limits and readiness of Redis stay on REDIS_URL either way.
+    broker_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -149,6 +152,7 @@ class Settings:
             rate_limit_timeout_s=float(_env("RATE_LIMIT_TIMEOUT_S", "0.25")),
             trusted_proxies=_whole("TRUSTED_PROXIES", _env("TRUSTED_PROXIES", "0")),
             cors_origins=_origins(_env("CORS_ORIGINS", "")),
+            broker_url=_broker(_env("BROKER_URL", "")),
         )
 
     def describe(self) -> dict[str, object]:
@@ -208,6 +212,15 @@ def _rate(name: str, raw: str) -> str:
         raise ValueError(f"{name} must look like '100 per second' or '20/minute' (or be empty: no limit), "
                          f"got {raw!r}") from None
     return raw.strip()
+
+
+def _broker(raw: str) -> str:
+    """BROKER_URL: empty (the Redis of REDIS_URL), a Redis URL, or an AMQP URL (RabbitMQ)."""
+    raw = raw.strip()
+    scheme = raw.partition("://")[0]
+    if raw and scheme not in ("redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps", "pyamqp"):
+        raise ValueError(f"BROKER_URL must be empty (REDIS_URL), a redis:// or an amqp:// URL, got scheme {scheme!r}")
+    return raw
 
 
 def _whole(name: str, raw: str) -> int:

@@ -21,6 +21,7 @@ from cli.main import WORKER_THREADS, celery_worker, gunicorn_sandbox
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 # The API's bearer tokens in every test stack: BOOKMARKET_TOKENS gives each role one.

@@ -1,0 +1,99 @@
+"""RabbitMQ as the broker (BROKER_URL=amqp): the saga and cancel tests of the Redis stack run again on it, with real
+worker processes (tests/integration/test_crash_safety.py kills a worker on both brokers); its queue is a quorum queue,
+its publishes are confirmed, a publish it cannot take is handed back within PUBLISH_TIMEOUT_S, and /metrics reads its
+queue depth."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from kombu import Connection
+
+from infra.broker import Publisher, make_celery, queue_depth
+from infra.config import Settings
+from tests.integration import test_cancellation as cancels
+from tests.integration import test_order_saga as sagas
+from tests.integration.conftest import Stack, delete_rabbitmq_queue
+from tests.support import RABBITMQ_URL
+
+pytestmark = pytest.mark.integration
+
+
+def test_posted_order_reaches_shipped_with_one_effect_each(rabbitmq_live: Stack) -> None:
+    sagas.test_posted_order_reaches_shipped_with_every_step_succeeded_and_one_effect_each(rabbitmq_live)
+
+
+def test_a_step_message_delivered_twice_changes_nothing(rabbitmq_live: Stack) -> None:
+    sagas.test_a_step_task_delivered_twice_changes_nothing(rabbitmq_live)
+
+
+def test_messaging_down_notify_is_retried_through_the_sweeper_and_succeeds(rabbitmq_live: Stack) -> None:
+    sagas.test_messaging_down_notify_is_retried_and_succeeds_once_it_is_back(rabbitmq_live)
+
+
+def test_cancel_racing_a_charge_in_flight_compensates(rabbitmq_live: Stack) -> None:
+    cancels.test_cancel_racing_a_step_in_flight_compensates_at_the_step_boundary(rabbitmq_live, "payment", "pay")
+
+
+def test_cancel_during_a_retry_backoff_compensates_at_once(rabbitmq_live: Stack) -> None:
+    cancels.test_cancel_during_a_retry_backoff_compensates_at_once(rabbitmq_live)
+
+
+def test_the_step_queue_is_a_durable_quorum_queue_and_the_breakers_stay_in_redis(rabbitmq_live: Stack) -> None:
+    queue = rabbitmq_live.settings.queue
+    with Connection(RABBITMQ_URL, connect_timeout=3) as conn:
+        # declaring it again with other arguments is refused: the worker declared exactly this one
+        conn.default_channel.queue_declare(queue=queue, durable=True, auto_delete=False,
+                                           arguments={"x-queue-type": "quorum"})
+    runtime = rabbitmq_live.client.application.extensions["bookmarket"]
+    assert runtime.publisher.app.conf.broker_url.startswith("amqp://")
+    assert runtime.breakers is not None
+    assert runtime.breakers.client.connection_pool.connection_kwargs["port"] == 6379
+
+
+def test_metrics_report_the_messages_waiting_in_the_rabbitmq_queue(rabbitmq_server: str) -> None:
+    settings = _settings(f"saga-depth-{uuid.uuid4().hex[:8]}")
+    app = make_celery(settings)
+    try:
+        assert queue_depth(RABBITMQ_URL, settings.queue, 2) == 0  # not declared yet
+        assert Publisher(app, settings.queue, timeout_s=2).publish([(1, "pay"), (2, "pay"), (3, "ship")]) == []
+        assert queue_depth(RABBITMQ_URL, settings.queue, 2) == 3
+    finally:
+        app.close()
+        delete_rabbitmq_queue(RABBITMQ_URL, settings.queue)
+
+
+def test_a_publish_to_an_unreachable_rabbitmq_is_handed_back_within_the_publish_timeout(rabbitmq_server: str) -> None:
+    settings = _settings("saga-nowhere", url="amqp://guest:guest@127.0.0.1:9//", PUBLISH_TIMEOUT_S="1")
+    app = make_celery(settings)
+    try:
+        started = time.monotonic()
+        failed = Publisher(app, settings.queue, timeout_s=1).publish([(7, "pay"), (8, "ship")])
+        took = time.monotonic() - started
+    finally:
+        app.close()
+    assert failed == [(7, "pay"), (8, "ship")]
+    assert took < 3, took  # the bound (1 s) and the pool's wait, never the retry policy's reconnect loop
+
+
+def test_a_publish_the_broker_refuses_is_handed_back_through_the_publisher_confirm(rabbitmq_server: str) -> None:
+    """A quorum queue limited to one message that rejects the overflow: the broker nacks what does not fit, and the
+    publisher confirm reports it (and what followed it) as unsent (without confirms it would be lost silently)."""
+    queue = f"saga-full-{uuid.uuid4().hex[:8]}"
+    app = make_celery(_settings(queue))
+    app.amqp.queues[queue].queue_arguments.update({"x-max-length": 1, "x-overflow": "reject-publish"})
+    try:
+        assert Publisher(app, queue, timeout_s=2).publish([(1, "pay")]) == []
+        more = [(2, "pay"), (3, "pay"), (4, "pay")]
+        failed = Publisher(app, queue, timeout_s=2).publish(more)
+        # a quorum queue applies its length limit a message late at times: the overflow may start one later
+        assert failed and failed == more[len(more) - len(failed):], failed
+        assert queue_depth(RABBITMQ_URL, queue, 2) == 1 + len(more) - len(failed) <= 2
+    finally:
+        app.close()
+        delete_rabbitmq_queue(RABBITMQ_URL, queue)
+
+
+def _settings(queue: str, url: str = RABBITMQ_URL, **env: str) -> Settings:
+    return Settings.from_env({"BROKER_URL": url, "SAGA_QUEUE": queue, "REDIS_URL": "redis://127.0.0.1:6379/0", **env})
