@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from infra import metrics
 from infra import repository as repo
+from infra.broker import broker_url, is_amqp, queue_depth
 from saga.orchestrator import SagaStatus
 from services.runtime import Runtime
 
@@ -34,7 +35,10 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         errors = GaugeMetricFamily("bookmarket_scrape_error", "1 when this scrape could not read the source",
                                    labels=["source"])
-        for source, read in (("database", self._database), ("redis", self._redis)):
+        sources = [("database", self._database), ("redis", self._redis)]
+        if is_amqp(broker_url(self.rt.settings)):
+            sources.append(("broker", self._rabbitmq))  # the queue depth is RabbitMQ's, not a Redis list's
+        for source, read in sources:
             try:
                 yield from list(read())
                 errors.add_metric([source], 0)
@@ -70,15 +74,25 @@ class StateCollector(Collector):
         if breakers is None:
             return
         states = breakers.shared_states()
-        depth = int(breakers.client.llen(self.rt.settings.queue))
+        rabbitmq = is_amqp(broker_url(self.rt.settings))
+        depth = None if rabbitmq else int(breakers.client.llen(self.rt.settings.queue))
         breaker_gauge = GaugeMetricFamily("bookmarket_breaker_state", "Circuit breaker: 0 closed, 1 half-open, "
                                           "2 open", labels=["provider"])
         for provider, state in states.items():
             breaker_gauge.add_metric([provider], BREAKER_VALUES.get(state, 2))
         yield breaker_gauge
+        if depth is not None:
+            yield self._depth(depth)
+
+    def _rabbitmq(self) -> Iterator[Metric]:
+        """The messages ready in RabbitMQ's step queue: a passive declare, bounded by READINESS_TIMEOUT_S."""
+        settings = self.rt.settings
+        yield self._depth(queue_depth(broker_url(settings), settings.queue, settings.readiness_timeout_s))
+
+    def _depth(self, depth: int) -> Metric:
         queue = GaugeMetricFamily("bookmarket_queue_depth", "Messages waiting in the Celery queue", labels=["queue"])
         queue.add_metric([self.rt.settings.queue], depth)
-        yield queue
+        return queue
 
 
 def _by_kind(name: str, documentation: str, counts: list[tuple[str, str, int]], statuses: tuple[str, ...],

@@ -52,6 +52,16 @@ def test_the_step_queue_is_a_durable_quorum_queue_and_the_breakers_stay_in_redis
     assert runtime.breakers.client.connection_pool.connection_kwargs["port"] == 6379
 
 
+def test_metrics_and_readiness_read_rabbitmq(rabbitmq_live: Stack) -> None:
+    page = rabbitmq_live.client.get("/metrics").get_data(as_text=True)
+    queue = rabbitmq_live.settings.queue
+    assert f'bookmarket_queue_depth{{queue="{queue}"}} 0.0' in page
+    assert 'bookmarket_scrape_error{source="broker"} 0.0' in page
+    assert 'bookmarket_scrape_error{source="redis"} 0.0' in page
+    ready = rabbitmq_live.client.get("/readyz")
+    assert ready.status_code == 200, ready.get_json()
+
+
 def test_metrics_report_the_messages_waiting_in_the_rabbitmq_queue(rabbitmq_server: str) -> None:
     settings = _settings(f"saga-depth-{uuid.uuid4().hex[:8]}")
     app = make_celery(settings)
