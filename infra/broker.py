@@ -76,7 +76,7 @@ def make_celery(settings: Settings) -> Celery:
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3},
         beat_schedule={"sweep": {"task": "saga.sweep", "schedule": settings.sweep_interval_s}},
     )
-    app.conf.update(_rabbitmq_options() if rabbitmq else _redis_options(settings))
+    app.conf.update(_rabbitmq_options(settings) if rabbitmq else _redis_options(settings))
     return app
 
 
@@ -103,7 +103,7 @@ def _redis_options(settings: Settings) -> dict[str, object]:
     }
 
 
-def _rabbitmq_options() -> dict[str, object]:
+def _rabbitmq_options(settings: Settings) -> dict[str, object]:
     """RabbitMQ transport (README "Brokers"):
 
     - the step queue (and any queue Celery creates on demand) is a durable quorum queue, replicated over the
@@ -111,6 +111,11 @@ def _rabbitmq_options() -> dict[str, object]:
       delayed delivery needs (it routes a countdown through the celery_delayed_* exchanges to the queue);
     - publisher confirms: every publish waits for the broker's ack (bounded by PUBLISH_TIMEOUT_S, the Publisher's
       confirm_timeout), so a message the broker did not take is reported as unsent and left to the sweeper;
+    - every socket read and write without a timeout of its own bounded by a quarter of PUBLISH_TIMEOUT_S
+      (SO_RCVTIMEO/SO_SNDTIMEO): after a confirm timed out, the pool closes the connection, and closing waits for
+      the broker's close-ok twice (channel, connection), which a frozen broker never sends (seen: the API call hung
+      there). So a frozen broker costs a publish at most 1.5 x PUBLISH_TIMEOUT_S. A healthy broker answers in
+      milliseconds; the worker's consumer reads only when its socket is readable;
     - quorum queues have no global QoS: worker_detect_quorum_queues makes the worker use per-consumer prefetch;
     - an unacked message whose connection died (kill -9 of a worker) comes back at once: no visibility timeout.
     """
@@ -121,7 +126,10 @@ def _rabbitmq_options() -> dict[str, object]:
         "task_create_missing_queue_exchange_type": "topic",
         "worker_detect_quorum_queues": True,
         "broker_native_delayed_delivery_queue_type": "quorum",
-        "broker_transport_options": {"confirm_publish": True},
+        "broker_transport_options": {"confirm_publish": True, "read_timeout": settings.publish_timeout_s / 4,
+                                     "write_timeout": settings.publish_timeout_s / 4,
+                                     # a refused connect is tried once, at once (as on Redis), not again after 2 s
+                                     "max_retries": 1, "interval_start": 0},
     }
 
 
@@ -133,7 +141,7 @@ def queue_depth(url: str, queue: str, timeout_s: float) -> int:
 
     options = {"read_timeout": timeout_s, "write_timeout": timeout_s}
     with Connection(url, connect_timeout=timeout_s, transport_options=options) as conn:
-        conn.ensure_connection(max_retries=1, timeout=timeout_s)
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout_s)
         try:
             _, ready, _ = conn.default_channel.queue_declare(queue=queue, passive=True)
         except NotFound:

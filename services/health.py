@@ -118,5 +118,5 @@ def _ping(client: redis.Redis) -> None:
 def _amqp_ping(url: str, timeout_s: float) -> None:
     from kombu import Connection
 
-    with Connection(url, connect_timeout=timeout_s, heartbeat=0) as conn:
-        conn.ensure_connection(max_retries=1, timeout=timeout_s)
+    with Connection(url, connect_timeout=timeout_s, heartbeat=0, transport_options={"read_timeout": timeout_s}) as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout_s)
