@@ -29,11 +29,14 @@ def test_a_step_that_raises_every_time_ends_failed_after_its_attempts_and_is_com
         assert len(live.sandbox.ledger("payment", order["id"], "refund")) == 1
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_a_step_that_crashes_its_process_is_parked_failed_after_bounded_recoveries(
-    tmp_path: Path, postgres_server: str, redis_server: str,
+    tmp_path: Path, postgres_server: str, redis_server: str, rabbitmq_server: str, broker: str,
 ) -> None:
+    """On RabbitMQ the crashing message comes back at once to the restarted worker (no visibility timeout): it finds
+    its step still claimed under the dead worker's lease, so it cannot loop; recoveries stay bounded."""
     env = {"CHAOS_POISON_STEPS": "notify:crash", "STEP_LEASE_S": "2", "MAX_RECOVERIES": "2"}
-    with build_stack(tmp_path, "postgresql", postgres_server, **env) as live:
+    with build_stack(tmp_path, "postgresql", postgres_server, broker=broker, **env) as live:
         order = live.post_order(customer_id=61).get_json()
         crashes: list[int] = []
 
