@@ -28,6 +28,7 @@ from tests.support import (
     Sandbox,
     api_client,
     free_port,
+    rabbitmq_vhost,
     start_sandbox,
     start_worker,
     wait_until,
@@ -98,8 +99,8 @@ def stack_env(database_url: str, sandbox_url: str, queue: str) -> dict[str, str]
 @contextmanager
 def build_stack(tmp: Path, backend: str, admin_url: str, broker: str = "redis", **overrides: str) -> Iterator[Stack]:
     """Migrate a fresh database, start a sandbox and a worker (with the sweeper), and build the API on it.
-    `broker`: "redis" (REDIS_URL, as by default) or "rabbitmq" (BROKER_URL=amqp, a uniquely named quorum queue,
-    deleted afterwards, so parallel stacks never share one); Redis keeps the breakers either way."""
+    `broker`: "redis" (REDIS_URL, as by default) or "rabbitmq" (BROKER_URL=amqp on a vhost of its own, deleted
+    afterwards, so parallel stacks never share a queue or a worker name); Redis keeps the breakers either way."""
     drop = None
     if backend == "sqlite":
         database_url = f"sqlite:///{tmp / 'bookmarket.db'}"
@@ -107,6 +108,9 @@ def build_stack(tmp: Path, backend: str, admin_url: str, broker: str = "redis", 
         database_url, drop = create_pg_database(admin_url)
     upgrade(database_url)
     sandbox = start_sandbox(free_port(), tmp)
+    resources = contextlib.ExitStack()
+    if broker == "rabbitmq" and "BROKER_URL" not in overrides:  # a vhost of its own (see rabbitmq_vhost)
+        overrides = {**overrides, "BROKER_URL": resources.enter_context(rabbitmq_vhost())}
     env = {**stack_env(database_url, sandbox.url, f"saga-test-{uuid.uuid4().hex[:8]}"), **BROKERS[broker],
            **overrides}
     worker = start_worker(env, tmp / "worker.log")
@@ -122,6 +126,7 @@ def build_stack(tmp: Path, backend: str, admin_url: str, broker: str = "redis", 
         forget_queue(env["REDIS_URL"], env["SAGA_QUEUE"])
         if env.get("BROKER_URL"):
             delete_rabbitmq_queue(env["BROKER_URL"], env["SAGA_QUEUE"])
+        resources.close()
         if drop:
             drop()
 

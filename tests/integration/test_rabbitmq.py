@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from kombu import Connection
@@ -17,8 +18,8 @@ from infra.broker import Publisher, make_celery, queue_depth
 from infra.config import Settings
 from tests.integration import test_cancellation as cancels
 from tests.integration import test_order_saga as sagas
-from tests.integration.conftest import Stack, delete_rabbitmq_queue
-from tests.support import RABBITMQ_URL
+from tests.integration.conftest import Stack, build_stack, delete_rabbitmq_queue
+from tests.support import RABBITMQ_URL, rabbitmq_vhost
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,8 @@ def test_cancel_during_a_retry_backoff_compensates_at_once(rabbitmq_live: Stack)
 
 def test_the_step_queue_is_a_durable_quorum_queue_and_the_breakers_stay_in_redis(rabbitmq_live: Stack) -> None:
     queue = rabbitmq_live.settings.queue
-    with Connection(RABBITMQ_URL, connect_timeout=3) as conn:
+    assert rabbitmq_live.env["BROKER_URL"].rsplit("/", 1)[1].startswith("bm-test-")  # its own vhost
+    with Connection(rabbitmq_live.env["BROKER_URL"], connect_timeout=3) as conn:
         # declaring it again with other arguments is refused: the worker declared exactly this one
         conn.default_channel.queue_declare(queue=queue, durable=True, auto_delete=False,
                                            arguments={"x-queue-type": "quorum"})
@@ -131,21 +133,64 @@ def test_a_publish_to_a_frozen_rabbitmq_is_handed_back_within_the_publish_timeou
     assert queue_depth(RABBITMQ_URL, queue, 2) == 0  # deleted; the frozen publish may or may not have landed
 
 
+def test_orders_posted_while_rabbitmq_is_unreachable_are_accepted_and_dispatched_by_the_sweeper_after(
+    tmp_path: Path, postgres_server: str, redis_server: str, rabbitmq_server: str,
+) -> None:
+    """RabbitMQ goes away (every connection cut, new ones refused) under the API and the worker: orders are still
+    accepted at once, their first step waits in the database, and the sweeper sends it once the broker is back."""
+    proxy = FreezingProxy(5672)
+    try:
+        with rabbitmq_vhost() as direct, build_stack(tmp_path, "postgresql", postgres_server, broker="rabbitmq",
+                                                     BROKER_URL=direct.replace(":5672/", f":{proxy.port}/")) as live:
+            before = [live.post_order(customer_id=47).get_json() for _ in range(2)]
+            for order in before:
+                assert live.wait_saga(order["saga_id"])["status"] == "COMPLETED"
+
+            proxy.cut()
+            during, slowest = [], 0.0
+            for _ in range(3):
+                started = time.monotonic()
+                response = live.post_order(customer_id=47)
+                slowest = max(slowest, time.monotonic() - started)
+                assert response.status_code == 202, response.get_json()
+                during.append(response.get_json())
+            assert slowest < 5, f"a POST took {slowest:.1f}s while the broker was unreachable"
+            assert all(live.order(o["id"])["status"] == "PENDING" for o in during)
+
+            proxy.restore()
+            for order in during:
+                saga = live.wait_saga(order["saga_id"], timeout=90)
+                assert saga["status"] == "COMPLETED", saga
+                assert len(live.sandbox.ledger("payment", order["id"], "charge")) == 1
+    finally:
+        proxy.close()
+
+
 class FreezingProxy:
-    """A TCP proxy to 127.0.0.1:`target` that, once `frozen`, keeps its connections open and forwards nothing."""
+    """A TCP proxy to 127.0.0.1:`target` that, once `frozen`, keeps its connections open and forwards nothing;
+    `cut` closes every connection and refuses new ones until `restore` (on the same port)."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.frozen = False
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.sockets: list[socket.socket] = [self.server]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.sockets: list[socket.socket] = []
+        self.port = 0
+        self.restore()
 
-    def _accept(self) -> None:
+    def restore(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self.port = self.server.getsockname()[1]
+        self.sockets.append(self.server)
+        threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
+
+    def cut(self) -> None:
+        self.close()
+        self.sockets = []
+
+    def _accept(self, server: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while True:
-                client, _ = self.server.accept()
+                client, _ = server.accept()
                 upstream = socket.create_connection(("127.0.0.1", self.target))
                 self.sockets += [client, upstream]
                 for a, b in ((client, upstream), (upstream, client)):
@@ -159,6 +204,8 @@ class FreezingProxy:
 
     def close(self) -> None:
         for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 s.close()
 
