@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "the product default is 500; the API's pacing, ADMISSION_TARGET_MS, is off too). A 503 answer is "
                    "retried after its Retry-After and counted")
     p.add_argument("--redis", default=c.REDIS_URL, help=f"broker of our saga ({c.REDIS_URL})")
+    p.add_argument("--broker", default="", help="BROKER_URL of our saga: empty (the Redis of --redis) or RabbitMQ, "
+                   "e.g. amqp://guest:guest@127.0.0.1:5672// (the run's quorum queue is deleted afterwards)")
     p.add_argument("--bare-redis", default=_redis_db(c.REDIS_URL, 3), help="broker and finish hash of the bare "
                    "chain (the same Redis, db 3)")
     p.add_argument("--name", default="saga_throughput", help="output name: bench/results/<name>.json/.png")
@@ -135,6 +137,18 @@ def _delete_queue_keys(url: str, queue: str, *keys: str) -> None:
         r.close()
     except redis.RedisError as exc:
         print(f"warning: could not clean Redis keys of {queue}: {exc}", file=sys.stderr, flush=True)
+
+
+def _delete_rabbitmq_queue(url: str, queue: str) -> None:
+    """Remove a run's quorum queue (and its exchange) from RabbitMQ."""
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.default_channel.queue_delete(queue)
+            conn.default_channel.exchange_delete(queue)
+    except Exception as exc:  # noqa: BLE001
+        print(f"warning: could not delete RabbitMQ queue {queue}: {exc}", file=sys.stderr, flush=True)
 
 
 def _order_payload(i: int) -> dict[str, int]:
@@ -218,13 +232,17 @@ def run_ours(args: argparse.Namespace, sandbox: c.Sandbox, workers: int, logs: P
         upgrade(url)
         queue = f"bench-saga-{c.run_id()}"
         stack.callback(_delete_queue_keys, args.redis, queue)
-        env = c.base_env(DATABASE_URL=url, REDIS_URL=args.redis, SAGA_QUEUE=queue, **sandbox.provider_env(),
+        if args.broker:
+            stack.callback(_delete_rabbitmq_queue, args.broker, queue)
+        env = c.base_env(DATABASE_URL=url, REDIS_URL=args.redis, BROKER_URL=args.broker, SAGA_QUEUE=queue,
+                         **sandbox.provider_env(),
                          ADMISSION_MAX_WAITING_PAYMENTS=str(args.admission_limit), ADMISSION_TARGET_MS="0")
         procs = c.start_workers(stack, "workers.main", env, logs, workers, args.concurrency, queue, "saga", beat=True,
                                 pool=args.pool)
         api, api_url = c.start_api(stack, env, logs, args.api_workers)
         db = c.engine(stack, url)
-        c.log(f"ours w={workers}: API {api_url}, {workers} worker process(es) x {args.concurrency}, queue {queue}")
+        c.log(f"ours w={workers}: API {api_url}, {workers} worker process(es) x {args.concurrency}, queue {queue}, "
+              f"broker {'RabbitMQ' if args.broker.startswith('amqp') else 'Redis'}")
 
         def counts(after: int) -> dict[str, int]:
             with db.connect() as conn:

@@ -18,6 +18,7 @@ from cli.embedded import EmbeddedRedis
 from cli.ports import port_problem
 from cli.supervisor import Supervisor
 from cli.tokens import load_or_make, read, tokens_file
+from infra.broker import broker_url
 from infra.config import Settings
 from infra.db import sqlite_url_for
 from infra.metrics import MULTIPROC_DIR
@@ -222,7 +223,7 @@ def _start_all(supervisor: Supervisor, args: argparse.Namespace, run_sandbox: bo
         f"  API        http://127.0.0.1:{args.port}   (docs /docs, OpenAPI /openapi.json)\n"
         f"  sandbox    {os.environ.get('SANDBOX_URL') if run_sandbox else 'external providers'}\n"
         f"  database   {settings.database_url}\n"
-        f"  broker     {settings.redis_url}\n"
+        f"  broker     {_mask_password(broker_url(settings))}\n"
         f"  workers    {args.workers} Celery worker process(es) x {args.threads} threads, "
         f"sweeper every {settings.sweep_interval_s:g}s\n"
         f"  flower     {_flower_line(args.flower_port, settings)}\n"

@@ -38,10 +38,11 @@ def make_celery(settings: Settings) -> Celery:
       returns (task_acks_on_failure_or_timeout, Celery's default): reject_on_worker_lost is only for a process
       that dies, so the failure is never delivered again; the engine's retry is a new message.
     - prefetch 1: a worker holds one message per process, so a crash strands at most one.
-    - visibility_timeout: an unacked message (its worker vanished) comes back after this long; it is longer than
+    - the transport options are the broker's: Redis below, RabbitMQ in _rabbitmq_options.
+    - visibility_timeout (Redis): an unacked message (its worker vanished) comes back after this long; it is longer than
       any step lease so a slow step is not run twice at once, and the sweeper re-sends sooner anyway.
     - no result backend: nobody waits on a Celery result; status is read from the saga table.
-    - unacked restore: workers put back unacked messages older than the visibility timeout (at most
+    - unacked restore (Redis): workers put back unacked messages older than the visibility timeout (at most
       unacked_restore_limit per pass, so a restart after a crash does not flood the queue at once).
     - bounded publish: every broker socket operation waits at most PUBLISH_TIMEOUT_S, and the Publisher sends
       each message once, without the retry policy below (kept short for Celery's own sends, such as beat's), so
@@ -50,8 +51,11 @@ def make_celery(settings: Settings) -> Celery:
     - connection loss: running steps finish (their late ack is lost, the message comes back and finds the step
       done: a no-op); the worker reconnects forever, and beat resumes sweeping.
     """
-    _guard_restore_at_close()
-    app = Celery("bookmarket", broker=settings.redis_url, set_as_current=False)
+    url = broker_url(settings)
+    rabbitmq = is_amqp(url)
+    if not rabbitmq:
+        _guard_restore_at_close()
+    app = Celery("bookmarket", broker=url, set_as_current=False)
     app.conf.update(
         task_default_queue=settings.queue,
         task_serializer="json",
@@ -67,20 +71,13 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.publish_timeout_s,
         broker_pool_limit=20,
-        broker_transport_options={
-            "visibility_timeout": max(300, int(settings.step_lease_s * 4)),
-            "socket_timeout": settings.publish_timeout_s,
-            "socket_connect_timeout": settings.publish_timeout_s,
-            "max_retries": 1,
-            "unacked_restore_limit": 100,
-            **_sentinel_options(settings),
-        },
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_max_retries=None,
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3},
         beat_schedule=beat_schedule(settings),
     )
+    app.conf.update(_rabbitmq_options(settings) if rabbitmq else _redis_options(settings))
     return app
 
 
@@ -97,11 +94,81 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
 def _sentinel_options(settings: Settings) -> dict[str, object]:
     """A `sentinel://` REDIS_URL: the master's name (REDIS_SENTINEL_MASTER), and the URL's credentials for the
     Sentinels too, as the other Redis clients use them (infra/redis_client.py)."""
-    address = sentinel_address(settings.redis_url)
+    address = sentinel_address(broker_url(settings))
     if address is None:
         return {}
     timeouts = {"socket_timeout": settings.publish_timeout_s, "socket_connect_timeout": settings.publish_timeout_s}
     return {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": {**timeouts, **address.auth()}}
+
+
+def broker_url(settings: Settings) -> str:
+    """The Celery broker: BROKER_URL, or the Redis of REDIS_URL when it is empty."""
+    return settings.broker_url or settings.redis_url
+
+
+def is_amqp(url: str) -> bool:
+    """Whether `url` is a RabbitMQ (AMQP) broker."""
+    return url.partition("://")[0] in ("amqp", "amqps", "pyamqp")
+
+
+def _redis_options(settings: Settings) -> dict[str, object]:
+    """Redis transport: an unacked message comes back after visibility_timeout; every socket operation is bounded."""
+    return {
+        "broker_transport_options": {
+            "visibility_timeout": max(300, int(settings.step_lease_s * 4)),
+            "socket_timeout": settings.publish_timeout_s,
+            "socket_connect_timeout": settings.publish_timeout_s,
+            "max_retries": 1,
+            "unacked_restore_limit": 100,
+            **_sentinel_options(settings),
+        },
+    }
+
+
+def _rabbitmq_options(settings: Settings) -> dict[str, object]:
+    """RabbitMQ transport (README "Brokers"):
+
+    - the step queue (and any queue Celery creates on demand) is a durable quorum queue, replicated over the
+      cluster's nodes, so it survives the loss of a node; its exchange is a topic exchange, which Celery's native
+      delayed delivery needs (it routes a countdown through the celery_delayed_* exchanges to the queue);
+    - publisher confirms: every publish waits for the broker's ack (bounded by PUBLISH_TIMEOUT_S, the Publisher's
+      confirm_timeout), so a message the broker did not take is reported as unsent and left to the sweeper;
+    - every socket read and write without a timeout of its own bounded by a quarter of PUBLISH_TIMEOUT_S
+      (SO_RCVTIMEO/SO_SNDTIMEO): after a confirm timed out, the pool closes the connection, and closing waits for
+      the broker's close-ok twice (channel, connection), which a frozen broker never sends (seen: the API call hung
+      there). So a frozen broker costs a publish at most 1.5 x PUBLISH_TIMEOUT_S. A healthy broker answers in
+      milliseconds; the worker's consumer reads only when its socket is readable;
+    - quorum queues have no global QoS: worker_detect_quorum_queues makes the worker use per-consumer prefetch;
+    - an unacked message whose connection died (kill -9 of a worker) comes back at once: no visibility timeout.
+    """
+    return {
+        "task_default_queue_type": "quorum",
+        "task_default_exchange_type": "topic",
+        "task_create_missing_queue_type": "quorum",
+        "task_create_missing_queue_exchange_type": "topic",
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": "quorum",
+        "broker_transport_options": {"confirm_publish": True, "read_timeout": settings.publish_timeout_s / 4,
+                                     "write_timeout": settings.publish_timeout_s / 4,
+                                     # a refused connect is tried once, at once (as on Redis), not again after 2 s
+                                     "max_retries": 1, "interval_start": 0},
+    }
+
+
+def queue_depth(url: str, queue: str, timeout_s: float) -> int:
+    """Messages ready in RabbitMQ's `queue` (a passive queue.declare, no management plugin), within `timeout_s`
+    (connect, socket reads and writes); 0 while no worker has declared the queue yet."""
+    from amqp.exceptions import NotFound
+    from kombu import Connection
+
+    options = {"read_timeout": timeout_s, "write_timeout": timeout_s}
+    with Connection(url, connect_timeout=timeout_s, transport_options=options) as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout_s)
+        try:
+            _, ready, _ = conn.default_channel.queue_declare(queue=queue, passive=True)
+        except NotFound:
+            return 0
+        return int(ready)
 
 
 def _guard_restore_at_close() -> None:
@@ -180,7 +247,8 @@ class Publisher:
         try:
             for _ in range(self.copies):
                 self.app.send_task(task_name(step), args=[saga_id], queue=self.queue_for(step), producer=producer,
-                                   retry=False, headers=self._headers(), argsrepr=shown, kwargsrepr="")
+                                   retry=False, headers=self._headers(), argsrepr=shown, kwargsrepr="",
+                                   confirm_timeout=self.timeout_s)  # RabbitMQ's publisher confirm; Redis ignores it
         except Exception as exc:  # noqa: BLE001
             log.warning("publish of %s for saga %s failed: %s", step, saga_id, exc)
             raise _PartialPublish(index) from None

@@ -94,6 +94,9 @@ class Settings:
     # Where the order rate limits are counted: "" is REDIS_URL (the fast tier gives memory://). Not read from the
     # environment: a second Redis URL would be a second secret to keep out of ConfigMaps.
     rate_limit_storage_url: str = ""
+    # BROKER_URL: the Celery broker; "" is REDIS_URL (Redis), "amqp://user:password@host:5672/vhost" is RabbitMQ.
+    # Breaker state, rate limits and readiness of Redis stay on REDIS_URL either way.
+    broker_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -169,6 +172,7 @@ class Settings:
             retention_batch=_positive("RETENTION_BATCH", _env("RETENTION_BATCH", "1000")),
             retention_interval_s=float(_env("RETENTION_INTERVAL_S", "3600")),
             retention_max_batches=_positive("RETENTION_MAX_BATCHES", _env("RETENTION_MAX_BATCHES", "10")),
+            broker_url=_broker(_env("BROKER_URL", "")),
         )
 
     def all_queues(self) -> tuple[str, ...]:
@@ -255,6 +259,15 @@ def _rate(name: str, raw: str) -> str:
         raise ValueError(f"{name} must look like '100 per second' or '20/minute' (or be empty: no limit), "
                          f"got {raw!r}") from None
     return raw.strip()
+
+
+def _broker(raw: str) -> str:
+    """BROKER_URL: empty (the Redis of REDIS_URL), a Redis URL, or an AMQP URL (RabbitMQ)."""
+    raw = raw.strip()
+    scheme = raw.partition("://")[0]
+    if raw and scheme not in ("redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps", "pyamqp"):
+        raise ValueError(f"BROKER_URL must be empty (REDIS_URL), a redis:// or an amqp:// URL, got scheme {scheme!r}")
+    return raw
 
 
 def _whole(name: str, raw: str) -> int:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import redis
 import sqlalchemy as sa
 
+from infra.broker import broker_url, is_amqp
 from infra.redis_client import redis_from_url
 from services.runtime import Runtime
 
@@ -88,7 +89,11 @@ class Readiness:
 
     @classmethod
     def of(cls, rt: Runtime, timeout_s: float) -> Readiness:
-        broker = redis_from_url(rt.settings.redis_url, timeout_s, max_connections=2,
+        url = broker_url(rt.settings)
+        if is_amqp(url):  # RabbitMQ: a connection opened (the handshake answered) within the bound
+            return cls({"database": lambda: _select_one(rt), "broker": lambda: _amqp_ping(url, timeout_s)},
+                       timeout_s)
+        broker = redis_from_url(url, timeout_s, max_connections=2,
                                 sentinel_master=rt.settings.redis_sentinel_master)
         return cls({"database": lambda: _select_one(rt), "broker": lambda: _ping(broker)}, timeout_s)
 
@@ -109,3 +114,10 @@ def _select_one(rt: Runtime) -> None:
 
 def _ping(client: redis.Redis) -> None:
     client.ping()
+
+
+def _amqp_ping(url: str, timeout_s: float) -> None:
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=timeout_s, heartbeat=0, transport_options={"read_timeout": timeout_s}) as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout_s)

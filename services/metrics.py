@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from infra import metrics
 from infra import repository as repo
+from infra.broker import broker_url, is_amqp, queue_depth
 from saga.orchestrator import SagaStatus
 from services.runtime import Runtime
 
@@ -34,7 +35,10 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         errors = GaugeMetricFamily("bookmarket_scrape_error", "1 when this scrape could not read the source",
                                    labels=["source"])
-        for source, read in (("database", self._database), ("redis", self._redis)):
+        sources = [("database", self._database), ("redis", self._redis)]
+        if is_amqp(broker_url(self.rt.settings)):
+            sources.append(("broker", self._rabbitmq))  # the queue depth is RabbitMQ's, not a Redis list's
+        for source, read in sources:
             try:
                 yield from list(read())
                 errors.add_metric([source], 0)
@@ -71,19 +75,31 @@ class StateCollector(Collector):
             return
         states = breakers.shared_states()
         queues = self.rt.settings.all_queues()  # SAGA_QUEUE and the STEP_QUEUES ones
-        with breakers.client.pipeline(transaction=False) as pipe:
-            for name in queues:
-                pipe.llen(name)
-            depths = [int(n) for n in pipe.execute()]
+        depths: list[int] | None = None
+        if not is_amqp(broker_url(self.rt.settings)):  # on RabbitMQ the depth is the broker source's
+            with breakers.client.pipeline(transaction=False) as pipe:
+                for name in queues:
+                    pipe.llen(name)
+                depths = [int(n) for n in pipe.execute()]
         breaker_gauge = GaugeMetricFamily("bookmarket_breaker_state", "Circuit breaker: 0 closed, 1 half-open, "
                                           "2 open", labels=["provider"])
         for provider, state in states.items():
             breaker_gauge.add_metric([provider], BREAKER_VALUES.get(state, 2))
         yield breaker_gauge
+        if depths is not None:
+            yield self._depth(dict(zip(queues, depths, strict=True)))
+
+    def _rabbitmq(self) -> Iterator[Metric]:
+        """The messages ready in RabbitMQ's step queues: passive declares, bounded by READINESS_TIMEOUT_S."""
+        settings = self.rt.settings
+        yield self._depth({name: queue_depth(broker_url(settings), name, settings.readiness_timeout_s)
+                           for name in settings.all_queues()})
+
+    def _depth(self, depths: dict[str, int]) -> Metric:
         queue = GaugeMetricFamily("bookmarket_queue_depth", "Messages waiting in each Celery queue", labels=["queue"])
-        for name, depth in zip(queues, depths, strict=True):
+        for name, depth in depths.items():
             queue.add_metric([name], depth)
-        yield queue
+        return queue
 
 
 def _by_kind(name: str, documentation: str, counts: list[tuple[str, str, int]], statuses: tuple[str, ...],

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from tests.support import (
     PG_ADMIN_URL,
+    RABBITMQ_URL,
     REDIS_BASE_URL,
     ProcessHandle,
     free_port,
@@ -46,6 +47,19 @@ def redis_server() -> str:
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"Redis is required at {REDIS_BASE_URL} (set TEST_REDIS_URL): {exc}", pytrace=False)
     return REDIS_BASE_URL
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> str:
+    """The URL of a reachable RabbitMQ, or a loud failure."""
+    from kombu import Connection
+
+    try:
+        with Connection(RABBITMQ_URL, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"RabbitMQ is required at {RABBITMQ_URL} (set TEST_RABBITMQ_URL): {exc}", pytrace=False)
+    return RABBITMQ_URL
 
 
 def create_pg_database(admin_url: str) -> tuple[str, callable]:  # type: ignore[valid-type]

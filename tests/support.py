@@ -7,10 +7,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 import requests
@@ -21,6 +23,7 @@ from cli.main import WORKER_THREADS, celery_worker, gunicorn_sandbox
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 # The API's bearer tokens in every test stack: BOOKMARKET_TOKENS gives each role one.
@@ -48,6 +51,26 @@ def other_storefront_client(app: Flask) -> FlaskClient:
     client = app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {OTHER_STOREFRONT[1]}"
     return client
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost(base_url: str = RABBITMQ_URL) -> Iterator[str]:
+    """A fresh RabbitMQ vhost (rabbitmqctl on this machine) for one stack, deleted afterwards; yields its URL.
+    Stacks must not share a vhost: Celery's remote-control queue of a worker (<hostname>.celery.pidbox) is
+    exclusive on RabbitMQ, so two workers named alike (every test names its worker w1) would lock each other out."""
+    vhost = f"bm-test-{uuid.uuid4().hex[:10]}"
+    for argv in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
+        subprocess.run(["rabbitmqctl", "-q", *argv], check=True, capture_output=True, timeout=60)
+    try:
+        yield with_vhost(base_url, vhost)
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+def with_vhost(url: str, vhost: str) -> str:
+    """`url` (amqp://user:password@host:port/...) on the vhost `vhost`."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/{vhost}"
 
 
 def free_port() -> int:

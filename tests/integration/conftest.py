@@ -22,16 +22,20 @@ from infra.db import make_engine
 from infra.migrate import upgrade
 from tests.conftest import create_pg_database
 from tests.support import (
+    RABBITMQ_URL,
     TOKENS_SETTING,
     ProcessHandle,
     Sandbox,
     api_client,
     free_port,
+    rabbitmq_vhost,
     start_sandbox,
     start_worker,
     wait_until,
 )
 
+# The brokers a stack can run on (build_stack's `broker`): the environment each adds.
+BROKERS: dict[str, dict[str, str]] = {"redis": {}, "rabbitmq": {"BROKER_URL": RABBITMQ_URL}}
 TERMINAL_SAGA = {"COMPLETED", "COMPENSATED", "FAILED"}
 # Short backoff so spent retries take about a second; notify keeps room to see a provider come back.
 FAST_RETRIES = {"*": {"base_s": 0.05, "cap_s": 0.2}, "notify": {"max_attempts": 8, "base_s": 0.2, "cap_s": 2}}
@@ -93,8 +97,10 @@ def stack_env(database_url: str, sandbox_url: str, queue: str) -> dict[str, str]
 
 
 @contextmanager
-def build_stack(tmp: Path, backend: str, admin_url: str, **overrides: str) -> Iterator[Stack]:
-    """Migrate a fresh database, start a sandbox and a worker (with the sweeper), and build the API on it."""
+def build_stack(tmp: Path, backend: str, admin_url: str, broker: str = "redis", **overrides: str) -> Iterator[Stack]:
+    """Migrate a fresh database, start a sandbox and a worker (with the sweeper), and build the API on it.
+    `broker`: "redis" (REDIS_URL, as by default) or "rabbitmq" (BROKER_URL=amqp on a vhost of its own, deleted
+    afterwards, so parallel stacks never share a queue or a worker name); Redis keeps the breakers either way."""
     drop = None
     if backend == "sqlite":
         database_url = f"sqlite:///{tmp / 'bookmarket.db'}"
@@ -102,7 +108,11 @@ def build_stack(tmp: Path, backend: str, admin_url: str, **overrides: str) -> It
         database_url, drop = create_pg_database(admin_url)
     upgrade(database_url)
     sandbox = start_sandbox(free_port(), tmp)
-    env = {**stack_env(database_url, sandbox.url, f"saga-test-{uuid.uuid4().hex[:8]}"), **overrides}
+    resources = contextlib.ExitStack()
+    if broker == "rabbitmq" and "BROKER_URL" not in overrides:  # a vhost of its own (see rabbitmq_vhost)
+        overrides = {**overrides, "BROKER_URL": resources.enter_context(rabbitmq_vhost())}
+    env = {**stack_env(database_url, sandbox.url, f"saga-test-{uuid.uuid4().hex[:8]}"), **BROKERS[broker],
+           **overrides}
     worker = start_worker(env, tmp / "worker.log")
     settings = Settings.from_env(env)
     app = create_app(settings)
@@ -114,8 +124,20 @@ def build_stack(tmp: Path, backend: str, admin_url: str, **overrides: str) -> It
         sandbox.stop()
         app.extensions["bookmarket"].close()
         forget_queue(env["REDIS_URL"], env["SAGA_QUEUE"])
+        if env.get("BROKER_URL"):
+            delete_rabbitmq_queue(env["BROKER_URL"], env["SAGA_QUEUE"])
+        resources.close()
         if drop:
             drop()
+
+
+def delete_rabbitmq_queue(url: str, queue: str) -> None:
+    """Delete a test's queue on RabbitMQ (the delayed-delivery exchanges Celery declares are shared and stay)."""
+    from kombu import Connection
+
+    with contextlib.suppress(Exception), Connection(url, connect_timeout=3) as conn:
+        conn.default_channel.queue_delete(queue)
+        conn.default_channel.exchange_delete(queue)
 
 
 def forget_queue(redis_url: str, queue: str) -> None:
@@ -146,6 +168,22 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
     with build_stack(tmp, request.param, postgres_server, **overrides) as built:
         yield built
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_stack(tmp_path_factory: pytest.TempPathFactory, postgres_server: str, redis_server: str,
+                   rabbitmq_server: str) -> Iterator[Stack]:
+    """The stack on PostgreSQL with RabbitMQ as the broker (the `stack` fixture runs every module on Redis)."""
+    tmp = tmp_path_factory.mktemp("stack-rabbitmq")
+    with build_stack(tmp, "postgresql", postgres_server, broker="rabbitmq") as built:
+        yield built
+
+
+@pytest.fixture
+def rabbitmq_live(rabbitmq_stack: Stack) -> Stack:
+    """The RabbitMQ stack with the sandbox reset to well-behaved providers."""
+    rabbitmq_stack.sandbox.reset()
+    return rabbitmq_stack
 
 
 @pytest.fixture

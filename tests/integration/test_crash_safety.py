@@ -29,11 +29,14 @@ def test_a_step_that_raises_every_time_ends_failed_after_its_attempts_and_is_com
         assert len(live.sandbox.ledger("payment", order["id"], "refund")) == 1
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_a_step_that_crashes_its_process_is_parked_failed_after_bounded_recoveries(
-    tmp_path: Path, postgres_server: str, redis_server: str,
+    tmp_path: Path, postgres_server: str, redis_server: str, rabbitmq_server: str, broker: str,
 ) -> None:
+    """On RabbitMQ the crashing message comes back at once to the restarted worker (no visibility timeout): it finds
+    its step still claimed under the dead worker's lease, so it cannot loop; recoveries stay bounded."""
     env = {"CHAOS_POISON_STEPS": "notify:crash", "STEP_LEASE_S": "2", "MAX_RECOVERIES": "2"}
-    with build_stack(tmp_path, "postgresql", postgres_server, **env) as live:
+    with build_stack(tmp_path, "postgresql", postgres_server, broker=broker, **env) as live:
         order = live.post_order(customer_id=61).get_json()
         crashes: list[int] = []
 
@@ -98,6 +101,30 @@ def test_sigterm_waits_for_running_calls_only_up_to_the_grace_then_the_sweeper_t
             assert saga["status"] == "COMPLETED" and saga["recoveries"] == 1, saga
             assert len(live.sandbox.ledger("payment", order["id"], "charge")) == 1
         live.worker.stop()
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_a_worker_killed_with_sagas_in_flight_loses_none_and_charges_none_twice(
+    tmp_path: Path, postgres_server: str, redis_server: str, rabbitmq_server: str, broker: str,
+) -> None:
+    """kill -9 of the whole worker process while charges are in flight: on RabbitMQ its unacked messages come back
+    at once (its connection is gone) and find their steps still claimed; on Redis they wait for the visibility
+    timeout. Either way the sweeper takes the steps back once their lease runs out and each order is charged once."""
+    with build_stack(tmp_path, "postgresql", postgres_server, broker=broker, STEP_LEASE_S="3") as live:
+        live.sandbox.behave("payment", latency_ms=[1500, 1500])
+        orders = [live.post_order(customer_id=64).get_json() for _ in range(6)]
+        wait_until(lambda: _running(live, orders) >= 3, 10, 0.05, "charges in flight")
+
+        live.worker.stop(signal.SIGKILL, timeout=5)
+        live.sandbox.behave("payment", latency_ms=[0, 0])
+        live.worker = start_worker(live.env, tmp_path / "worker2.log")
+
+        for order in orders:
+            saga = live.wait_saga(order["saga_id"], timeout=60)
+            assert saga["status"] == "COMPLETED", saga
+            assert len(live.sandbox.ledger("payment", order["id"], "charge")) == 1
+            assert all(s["status"] == "SUCCEEDED" for s in saga["steps"]), saga["steps"]
+        assert sum(live.saga(o["saga_id"])["recoveries"] for o in orders) >= 3  # the killed charges were recovered
 
 
 def _running(live: Stack, orders: list[dict]) -> int:

@@ -41,7 +41,7 @@ KEDA_SCHEMA = ROOT / "tests" / "unit" / "schemas" / "keda-scaledobject-v1alpha1.
 README = ROOT / "README.md"
 RELEASE, NAMESPACE = "demo", "shop"
 
-SECRET_NAMES = {"DATABASE_URL", "REDIS_URL", "BOOKMARKET_TOKENS", "FLOWER_BASIC_AUTH"}
+SECRET_NAMES = {"DATABASE_URL", "REDIS_URL", "BROKER_URL", "BOOKMARKET_TOKENS", "FLOWER_BASIC_AUTH"}
 # The API tokens the tests give compose (from the shell, as compose interpolates them) and the chart (a value).
 SHELL_ENV = {"BOOKMARKET_TOKENS": "storefront=compose-storefront-token,support=compose-support-token"}
 CHART_TOKENS = f"storefront=chart-storefront-token,support:ops=sha256:{'ab' * 32}"
@@ -155,7 +155,8 @@ def test_compose_refuses_to_start_without_api_tokens_and_says_which_variable_to_
 
 def test_compose_defines_every_service_of_the_stack() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "redis", *BOOKMARKET_SERVICES}
+    assert set(services) == {"postgres", "redis", "rabbitmq", *BOOKMARKET_SERVICES}
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]  # optional: BROKER_URL empty uses Redis
 
 
 def test_every_name_in_the_shared_compose_env_is_one_infra_config_reads() -> None:
@@ -934,6 +935,27 @@ def test_with_keda_workers_scale_on_the_length_of_the_saga_queue_in_the_brokers_
     assert trigger["metadata"]["address"] == f"{redis_url.hostname}:{redis_url.port}"
     assert trigger["metadata"]["databaseIndex"] == redis_url.path.lstrip("/") == "3"
     assert trigger["metadata"]["listLength"] == "150"
+
+
+@pytest.mark.parametrize("values", [{"secrets": {"brokerUrl": "amqp://shop:secret@rabbitmq.data.svc:5672/shop"}},
+                                    {"secrets": {"existingSecret": "shop-secrets", "apiTokens": ""},
+                                     "worker": {"autoscaling": {"keda": {"broker": "rabbitmq"}}}}],
+                         ids=["broker-url", "existing-secret"])
+def test_with_keda_on_rabbitmq_workers_scale_on_the_quorum_queue_read_from_broker_url(
+    chart: helm_python.Chart, values: dict[str, Any],
+) -> None:
+    keda = {"enabled": True, "queueLength": 120, **values.get("worker", {}).get("autoscaling", {}).get("keda", {})}
+    docs = render(chart, {**values, "config": {"sagaQueue": "orders"}, "worker": {"autoscaling": {"keda": keda}}})
+    scaled = one(docs, "ScaledObject", "worker")
+    validate_manifest(scaled, NEWEST_KUBE)
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "rabbitmq"
+    assert trigger["metadata"] == {"protocol": "amqp", "hostFromEnv": "BROKER_URL", "queueName": "orders",
+                                   "mode": "QueueLength", "value": "120"}
+    if "brokerUrl" in values["secrets"]:
+        secret = one(docs, "Secret", "config")["stringData"]
+        assert secret["BROKER_URL"] == values["secrets"]["brokerUrl"]
+        assert Settings.from_env(secret).broker_url.startswith("amqp://")
 
 
 def test_keda_can_also_scale_on_the_steps_in_flight_read_from_the_workers_database_url(

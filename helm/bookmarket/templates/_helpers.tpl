@@ -145,6 +145,18 @@ envFrom:
 {{- end -}}
 {{- end -}}
 
+{{/* The broker KEDA reads the queue of: worker.autoscaling.keda.broker, else from secrets.brokerUrl's scheme. */}}
+{{- define "bookmarket.kedaBroker" -}}
+{{- $broker := .Values.worker.autoscaling.keda.broker -}}
+{{- if $broker -}}
+{{- $broker -}}
+{{- else if and (not .Values.secrets.existingSecret) (regexMatch "^(amqps?|pyamqp)://" (default "" .Values.secrets.brokerUrl)) -}}
+rabbitmq
+{{- else -}}
+redis
+{{- end -}}
+{{- end -}}
+
 {{/* The broker's Redis database index for KEDA: the path of secrets.redisUrl, else the value. */}}
 {{- define "bookmarket.kedaRedisDatabase" -}}
 {{- $path := "" -}}
