@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from cli import history as history_cli
 from cli import sagas as sagas_cli
 from cli.embedded import EmbeddedRedis
 from cli.ports import port_problem
@@ -72,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
     alive.add_argument("--max-age", type=float, default=None,
                        help="seconds the heartbeat may be old (4 x WORKER_HEARTBEAT_S: 20)")
     sagas_cli.add_parser(sub)
+    history_cli.add_parser(sub)
     return p
 
 
@@ -317,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         return up(args)
     if args.command == "sagas":
         return sagas_cli.run(args)
+    if args.command == "history":
+        return history_cli.run(args, settings.database_url)
     if args.command == "config":
         print(config_json(settings))
         return 0
