@@ -140,13 +140,17 @@ def fill(url_db: str, orders: int) -> dict[str, Any]:
     argv = [sys.executable, "-m", "cli.main", "history", "fill", "--orders", str(orders), "--database-url", url_db]
     c.log(f"history fill: {' '.join(argv[1:4])} ... --orders {orders}")
     began = time.monotonic()
-    proc = subprocess.run(argv, env=c.base_env(), cwd=c.ROOT, capture_output=True, text=True, check=False)
+    lines = []
+    with subprocess.Popen(argv, env=c.base_env(), cwd=c.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # its progress as it comes
+            print(f"    {line.rstrip()}", flush=True)
+            lines.append(line)
     seconds = time.monotonic() - began
-    for line in proc.stdout.splitlines():
-        print(f"    {line}", flush=True)
     if proc.returncode:
-        raise RuntimeError(f"history fill failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    summary_line = next(line for line in proc.stdout.splitlines() if line.startswith("filled "))
+        raise RuntimeError(f"history fill failed ({proc.returncode}): {''.join(lines[-20:])}")
+    summary_line = next(line.strip() for line in lines if line.startswith("filled "))
     rows = int(summary_line.split(", ")[1].split(" rows")[0].replace(",", ""))
     return {"orders": orders, "seconds": seconds, "rows": rows, "rows_per_s": rows / seconds,
             "summary": summary_line}
