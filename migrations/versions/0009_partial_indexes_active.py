@@ -1,9 +1,9 @@
 """partial indexes on the active states: the sweeper, the metrics scrape and the support search read the sagas and
 steps in flight (and the parked ones), never the history of ended ones
 
-Replaces ix_sagas_status_kind, ix_saga_steps_due and ix_saga_steps_name_status (full indexes over every saga and
-step ever) with partial ones, and adds the support search's indexes: sagas by (status, id) for newest first by any
-status, and failed steps by (name, saga_id) for the search by failing step.
+Replaces ix_sagas_status_kind and ix_saga_steps_due (full indexes over every saga and step ever) with partial ones,
+and adds the support search's indexes: sagas by (status, id) for newest first by any status, and failed steps by
+(name, saga_id) for the search by failing step. ix_saga_steps_name_status stays (admission's count by name).
 
 Revision ID: 0009
 Revises: 0008
@@ -23,7 +23,6 @@ depends_on = None
 ACTIVE_SAGA = sa.text("status IN ('RUNNING', 'COMPENSATING', 'FAILED')")
 OPEN_STEP = sa.text("status IN ('PENDING', 'WAITING')")
 RUNNING = sa.text("status IN ('RUNNING')")
-IN_FLIGHT = sa.text("status IN ('PENDING', 'WAITING', 'RUNNING')")
 FAILED_STEP = sa.text("status IN ('FAILED')")
 
 
@@ -39,20 +38,15 @@ def upgrade() -> None:
     with op.batch_alter_table('saga_steps', schema=None) as batch_op:
         batch_op.create_index('ix_saga_steps_open_due', ['status', 'available_at'], unique=False, **_where(OPEN_STEP))
         batch_op.create_index('ix_saga_steps_running_lease', ['lease_until'], unique=False, **_where(RUNNING))
-        batch_op.create_index('ix_saga_steps_in_flight_by_name', ['name', 'status'], unique=False,
-                              **_where(IN_FLIGHT))
         batch_op.create_index('ix_saga_steps_failed_by_name', ['name', 'saga_id'], unique=False,
                               **_where(FAILED_STEP))
         batch_op.drop_index('ix_saga_steps_due')
-        batch_op.drop_index('ix_saga_steps_name_status')
 
 
 def downgrade() -> None:
     with op.batch_alter_table('saga_steps', schema=None) as batch_op:
-        batch_op.create_index('ix_saga_steps_name_status', ['name', 'status'], unique=False)
         batch_op.create_index('ix_saga_steps_due', ['status', 'available_at'], unique=False)
         batch_op.drop_index('ix_saga_steps_failed_by_name', **_where(FAILED_STEP))
-        batch_op.drop_index('ix_saga_steps_in_flight_by_name', **_where(IN_FLIGHT))
         batch_op.drop_index('ix_saga_steps_running_lease', **_where(RUNNING))
         batch_op.drop_index('ix_saga_steps_open_due', **_where(OPEN_STEP))
     with op.batch_alter_table('sagas', schema=None) as batch_op:
