@@ -47,6 +47,11 @@ def run(args: argparse.Namespace, database_url: str) -> int:
     except ValueError as exc:
         print(f"bookmarket: {exc}", file=sys.stderr, flush=True)
         return 2
+    shares = (args.failed_share, args.rejected_share, args.cancelled_share)
+    if args.orders < 1 or args.batch < 1 or args.jobs < 1 or not all(0 <= share <= 1 for share in shares):
+        print("bookmarket: --orders, --batch and --jobs must be at least 1, and each share between 0 and 1",
+              file=sys.stderr, flush=True)
+        return 2
     mix = Mix(failed=args.failed_share, rejected=args.rejected_share, cancelled=args.cancelled_share)
     print(f"history fill: {args.orders:,} finished orders into {_masked(url)}", flush=True)
     try:

@@ -1,5 +1,5 @@
 """`bookmarket`: run the whole stack (`up`) or one piece of it (`api`, `worker`, `beat`, `flower`, `sandbox`,
-`migrate`); `config` prints the settings."""
+`migrate`); `config` prints the settings; `history fill` adds a history of finished orders (PostgreSQL)."""
 from __future__ import annotations
 
 import argparse

@@ -109,6 +109,9 @@ def test_an_order_placed_after_the_fill_takes_the_next_ids(filled: tuple[Any, sa
     assert body["id"] == top_order + 1 and body["saga_id"] == top_saga + 1
 
 
-def test_the_fill_refuses_sqlite(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_fill_refuses_sqlite_and_nonsense(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["history", "fill", "--orders", "10", "--database-url", "sqlite:///nowhere.db"]) == 2
     assert "needs PostgreSQL" in capsys.readouterr().err
+    pg = "postgresql+psycopg://postgres@127.0.0.1:5432/nowhere"
+    assert main(["history", "fill", "--orders", "10", "--failed-share", "2", "--database-url", pg]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
