@@ -26,6 +26,8 @@ from services import saga_search
 from services.saga_search import SagaFilter
 from tests.conftest import create_pg_database
 
+pytestmark = pytest.mark.integration
+
 HISTORY = 20_000
 BIG_TABLES = {"sagas", "saga_steps", "step_attempts"}
 NOW = datetime.now(UTC)
