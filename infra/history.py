@@ -121,12 +121,12 @@ class _Writer:
              attempts: Sequence[Attempt], ref: str | None = None,
              error: str | None = None) -> None:
         """One step row and its attempt rows; attempts: (started, finished, outcome, error, outcome_unknown)."""
-        task = self.task() if attempts or started else None
+        task = self.task() if attempts else None
         unknown = bool(attempts and attempts[-1][4])
         self.lines["saga_steps"].append(_row(
             saga_id, name, self.position[name], status, len(attempts) or (1 if started else 0),
             self.max_attempts[name], error, task, ref, created, started, finished, None,
-            started or None, None, 0.0, unknown))
+            started if attempts else None, None, 0.0, unknown))  # a local step is never due: it runs inline
         for n, (a_start, a_end, outcome, a_error, a_unknown) in enumerate(attempts, 1):
             last = n == len(attempts)
             self.lines["step_attempts"].append(_row(
@@ -240,7 +240,7 @@ def _notify(w: _Writer, o: _Order, notification_id: int, step: str, text: str,
             note: tuple[str, str | None, str | None], created: str, updated: str) -> None:
     status, error, ref = note
     w.lines["notifications"].append(_row(notification_id, o.id, o.saga_id, step, o.customer_id, _text(text), status,
-                                         1, error, ref, created, updated))
+                                         0, error, ref, created, updated))
 
 
 def _outcome(r: float, mix: Mix) -> str:
