@@ -156,7 +156,7 @@ def _fill_one(w: _Writer, o: _Order, outcome: str, notification_id: int, mix: Mi
     """Every row of one finished order of `outcome`."""
     t = [_ts(o.at + dt) for dt in (0.0, 0.35, 0.4, 0.9, 0.95, 1.3, 1.6, 2.0)]
     s, created = o.saga_id, t[0]
-    ok = "SUCCEEDED"
+    ok, done = "SUCCEEDED", "COMPENSATED"  # a forward step succeeds; a compensation step (an undo, a message) is done
     msgs = ORDER_SAGA.messages
     amount = f"{o.amount_cents / 100:.2f} EUR"
     if outcome in ("COMPLETED", "NOTIFY_FAILED"):
@@ -186,9 +186,10 @@ def _fill_one(w: _Writer, o: _Order, outcome: str, notification_id: int, mix: Mi
         w.step(s, "pay", "FAILED", created, t[0], t[1], [(t[0], t[1], "FAILED", DECLINED, False)], error=DECLINED)
         w.skipped(s, ("confirm", "ship", "mark_shipped", "notify"), created, t[1])
         msg = w.ref("msg")
-        w.step(s, "notify_outcome", ok, t[1], t[2], t[3], [(t[2], t[3], ok, None, False)], msg)
+        w.step(s, "notify_outcome", done, t[1], t[2], t[3], [(t[2], t[3], done, None, False)], msg)
         w.lines["payments"].append(_row(o.id, "DECLINED", o.amount_cents, None, None, t[1]))
-        _finish(w, o, "REJECTED", DECLINED, "COMPENSATED", False, DECLINED, 0, t[3])
+        reason = f"pay failed: {DECLINED}"
+        _finish(w, o, "REJECTED", reason, "COMPENSATED", False, reason, 0, t[3])
         _notify(w, o, notification_id, "notify_outcome", msgs["not_paid"].format(order_id=o.id, title=o.title),
                 ("SENT", None, msg), t[2], t[3])
     elif outcome == "CANCELLED":
@@ -198,9 +199,9 @@ def _fill_one(w: _Writer, o: _Order, outcome: str, notification_id: int, mix: Mi
         w.skipped(s, ("ship", "mark_shipped", "notify"), created, t[2])
         w.step(s, "cancel_payment", "COMPENSATED", t[2], t[2], t[3], [(t[2], t[3], "COMPENSATED", None, False)],
                refund)
-        w.step(s, "notify_outcome", ok, t[3], t[4], t[5], [(t[4], t[5], ok, None, False)], msg)
+        w.step(s, "notify_outcome", done, t[3], t[4], t[5], [(t[4], t[5], done, None, False)], msg)
         w.lines["payments"].append(_row(o.id, "REFUNDED", o.amount_cents, charge, refund, t[3]))
-        reason = "cancelled by the customer"
+        reason = "cancelled by customer"
         _finish(w, o, "CANCELLED", reason, "COMPENSATED", True, reason, 0, t[5])
         _notify(w, o, notification_id, "notify_outcome",
                 msgs["cancelled_refunded"].format(order_id=o.id, title=o.title, amount=amount),
