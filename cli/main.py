@@ -1,5 +1,6 @@
 """`bookmarket`: run the whole stack (`up`) or one piece of it (`api`, `worker`, `beat`, `flower`, `sandbox`,
-`migrate`); `config` prints the settings; `retention run` moves old finished sagas out now."""
+`migrate`); `config` prints the settings; `retention run` moves old finished sagas out now; `history fill` adds a history of finished orders
+(PostgreSQL)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from cli import retention as retention_cli
+from cli import history as history_cli
 from cli import sagas as sagas_cli
 from cli.embedded import EmbeddedRedis
 from cli.ports import port_problem
@@ -77,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
                        help="seconds the heartbeat may be old (4 x WORKER_HEARTBEAT_S: 20)")
     sagas_cli.add_parser(sub)
     retention_cli.add_parser(sub)
+    history_cli.add_parser(sub)
     return p
 
 
@@ -326,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         return sagas_cli.run(args)
     if args.command == "retention":
         return retention_cli.run(args, settings)
+    if args.command == "history":
+        return history_cli.run(args, settings.database_url)
     if args.command == "config":
         print(config_json(settings))
         return 0

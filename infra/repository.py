@@ -27,6 +27,7 @@ from infra.tables import (
     saga_steps,
     sagas,
     sagas_archive,
+    status_in,
     step_attempts,
 )
 from saga.definition import SagaDefinition
@@ -692,7 +693,7 @@ def due_dispatches(conn: Connection, now: datetime, stale_before: datetime, limi
     """Open steps that are due and were never sent, or were sent long ago and still not claimed."""
     rows = conn.execute(
         sa.select(saga_steps.c.saga_id, saga_steps.c.name)
-        .where(saga_steps.c.status.in_(OPEN_FOR_CLAIM), saga_steps.c.available_at <= now)
+        .where(status_in(saga_steps.c.status, *OPEN_FOR_CLAIM), saga_steps.c.available_at <= now)
         .where(sa.or_(saga_steps.c.dispatched_at.is_(None), saga_steps.c.dispatched_at < stale_before))
         .order_by(saga_steps.c.available_at).limit(limit)
         .with_for_update(skip_locked=True)  # concurrent sweepers take different rows (PostgreSQL)
@@ -715,7 +716,7 @@ def count_open_steps(conn: Connection, name: str, limit: int) -> int:
     """How many steps called `name` are open (pending, waiting or running), counting no further than limit."""
     open_steps = (
         sa.select(saga_steps.c.saga_id)
-        .where(saga_steps.c.name == name, saga_steps.c.status.in_(OPEN_FOR_CLAIM + (StepStatus.RUNNING.value,)))
+        .where(saga_steps.c.name == name, status_in(saga_steps.c.status, *OPEN_FOR_CLAIM, StepStatus.RUNNING.value))
         .limit(limit)
         .subquery()
     )
@@ -734,38 +735,39 @@ def expired_leases(conn: Connection, now: datetime, limit: int) -> list[tuple[in
     """Steps RUNNING past their lease: their worker died or hung."""
     rows = conn.execute(
         sa.select(saga_steps.c.saga_id, saga_steps.c.name)
-        .where(saga_steps.c.status == StepStatus.RUNNING.value, saga_steps.c.lease_until < now)
+        .where(status_in(saga_steps.c.status, StepStatus.RUNNING.value), saga_steps.c.lease_until < now)
         .limit(limit)
     ).all()
     return [(r.saga_id, r.name) for r in rows]
 
 
 def count_sagas_by_status(conn: Connection, statuses: Sequence[str]) -> list[tuple[str, str, int]]:
-    """(kind, status, how many) of the sagas in `statuses`, read from the (status, kind) index alone."""
+    """(kind, status, how many) of the sagas in `statuses` (active or parked ones), read from the partial
+    index of those states alone."""
     rows = conn.execute(
         sa.select(sagas.c.kind, sagas.c.status, sa.func.count())
-        .where(sagas.c.status.in_(statuses)).group_by(sagas.c.status, sagas.c.kind)
+        .where(status_in(sagas.c.status, *statuses)).group_by(sagas.c.status, sagas.c.kind)
     ).all()
     return [(r[0], r[1], int(r[2])) for r in rows]
 
 
 def count_waiting_sagas(conn: Connection, limit: int) -> int:
     """Sagas with a step WAITING for its provider (a breaker open, a bulkhead full, a backoff), up to limit."""
-    waiting = (sa.select(saga_steps.c.saga_id).where(saga_steps.c.status == StepStatus.WAITING.value)
+    waiting = (sa.select(saga_steps.c.saga_id).where(status_in(saga_steps.c.status, StepStatus.WAITING.value))
                .distinct().limit(limit).subquery())
     return int(conn.execute(sa.select(sa.func.count()).select_from(waiting)).scalar_one())
 
 
 def count_stuck_steps(conn: Connection, now: datetime, due_before: datetime, limit: int) -> dict[str, int]:
     """Steps RUNNING past their lease, and steps due before `due_before` that no worker has started, up to limit
-    each (both read through the (status, available_at) index)."""
+    each (each read through its partial index)."""
     def bounded(query: sa.Select[Any]) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(query.limit(limit).subquery())).scalar_one())
 
     steps = sa.select(saga_steps.c.saga_id)
     return {
-        "lease_expired": bounded(steps.where(saga_steps.c.status == StepStatus.RUNNING.value,
+        "lease_expired": bounded(steps.where(status_in(saga_steps.c.status, StepStatus.RUNNING.value),
                                              saga_steps.c.lease_until < now)),
-        "not_started": bounded(steps.where(saga_steps.c.status.in_(OPEN_FOR_CLAIM),
+        "not_started": bounded(steps.where(status_in(saga_steps.c.status, *OPEN_FOR_CLAIM),
                                            saga_steps.c.available_at < due_before)),
     }

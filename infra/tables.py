@@ -81,8 +81,27 @@ sagas = sa.Table(
     sa.Column("finished_at", Time),
 )
 
+
+
+def status_in(column: sa.Column[str], *statuses: str) -> sa.ColumnElement[bool]:
+    """`status IN ('A', 'B')` with the values written into the SQL: a partial index's predicate, which the planner
+    matches against a query's own literal values (queries that use these indexes write their statuses the same way)."""
+    assert all(status.isidentifier() for status in statuses), statuses
+    return column.in_([sa.literal_column(f"'{status}'") for status in statuses])
+
+
+# The states a saga or step leaves on its own, and the parked FAILED sagas support resolves: the history of ended
+# ones grows for ever, these stay as many as there are sagas in flight. Partial indexes on them keep the sweeper, the
+# metrics scrape and the support search reading these rows only, however long the history.
+ACTIVE_SAGA_STATES = ("RUNNING", "COMPENSATING", "FAILED")
+OPEN_STEP_STATES = ("PENDING", "WAITING")
+RUNNING_STEP = "RUNNING"
+
 # Scrape-time counts of the sagas not ended (active, parked) read this index alone, never the ended ones.
-sa.Index("ix_sagas_status_kind", sagas.c.status, sagas.c.kind)
+_ACTIVE_SAGA = status_in(sagas.c.status, *ACTIVE_SAGA_STATES)
+sa.Index("ix_sagas_active", sagas.c.status, sagas.c.kind, postgresql_where=_ACTIVE_SAGA, sqlite_where=_ACTIVE_SAGA)
+# The support search, newest first, by any status (the ended ones too); a count over it stops at a bound.
+sa.Index("ix_sagas_status_id", sagas.c.status, sagas.c.id)
 
 saga_steps = sa.Table(
     "saga_steps",
@@ -107,8 +126,21 @@ saga_steps = sa.Table(
     # An attempt may have taken effect at the provider (its answer was lost); only a definite answer clears it.
     sa.Column("outcome_unknown", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
-sa.Index("ix_saga_steps_due", saga_steps.c.status, saga_steps.c.available_at)
+# The step outbox (due and unsent steps) and the steps waiting for their provider: the sweeper and the scrape.
+_OPEN_STEP = status_in(saga_steps.c.status, *OPEN_STEP_STATES)
+sa.Index("ix_saga_steps_open_due", saga_steps.c.status, saga_steps.c.available_at,
+         postgresql_where=_OPEN_STEP, sqlite_where=_OPEN_STEP)
+# Steps RUNNING past their lease (the sweeper takes them back, the scrape counts them).
+_RUNNING = status_in(saga_steps.c.status, RUNNING_STEP)
+sa.Index("ix_saga_steps_running_lease", saga_steps.c.lease_until, postgresql_where=_RUNNING, sqlite_where=_RUNNING)
+# Open steps by name (admission counts the payments in flight): a full index, whose (name, status) ranges of the
+# open states hold only steps in flight. Not partial: a partial one on the open states was the planner's pick for
+# the sweeper's statements too when the statistics see no open step (as after ANALYZE on a long history).
 sa.Index("ix_saga_steps_name_status", saga_steps.c.name, saga_steps.c.status)
+# Failed steps by name, newest saga first: the support search by failing step.
+_FAILED_STEP = status_in(saga_steps.c.status, "FAILED")
+sa.Index("ix_saga_steps_failed_by_name", saga_steps.c.name, saga_steps.c.saga_id,
+         postgresql_where=_FAILED_STEP, sqlite_where=_FAILED_STEP)
 sa.Index("ix_saga_steps_name_finished", saga_steps.c.name, saga_steps.c.finished_at)
 
 # Every attempt of a provider step, written by the statement that closes it (a local step's row is its only
