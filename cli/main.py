@@ -1,6 +1,6 @@
 """`bookmarket`: run the whole stack (`up`) or one piece of it (`api`, `worker`, `beat`, `flower`, `sandbox`,
-`migrate`); `config` prints the settings; `retention run` moves old finished sagas out now; `history fill` adds a history of finished orders
-(PostgreSQL)."""
+`migrate`); `config` prints the settings; `retention run` moves old finished sagas out now; `history fill` adds a
+history of finished orders (PostgreSQL)."""
 from __future__ import annotations
 
 import argparse
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from cli import retention as retention_cli
 from cli import history as history_cli
+from cli import retention as retention_cli
 from cli import sagas as sagas_cli
 from cli.embedded import EmbeddedRedis
 from cli.ports import port_problem
