@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         OPENAPI_JSON_PATH="openapi.json",
         API_SPEC_OPTIONS={"info": {"description": API_DESCRIPTION}},
         SQLALCHEMY_DATABASE_URI=normalize_url(settings.database_url),
-        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url, settings.db_pool_size,
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url, settings.api_db_pool_size,
                                                  prepared_statements=settings.database_prepared_statements,
                                                  application_name="bookmarket-api"),
         JSON_SORT_KEYS=False,

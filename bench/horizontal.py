@@ -380,22 +380,23 @@ def bound(r: dict[str, Any]) -> str:
 def fit_pool(args: argparse.Namespace, admin: sa.Engine, max_connections: int) -> None:
     """Every run's DB_POOL_SIZE (unless --env gives one): the product's default, lowered if need be so that the
     largest configuration's budget (README, Running many workers: processes x (DB_POOL_SIZE + 1) for the workers,
-    api-workers x DB_POOL_SIZE for the API) fits in what PostgreSQL has left, less 10 for this script and others."""
+    api-workers x API_DB_POOL_SIZE for the API) fits in what PostgreSQL has left, less 10 for this script and others."""
     from infra.config import Settings
 
     if "DB_POOL_SIZE" in args.extra_env:
         return
     default = Settings.from_env({}).db_pool_size
+    api_pool = Settings.from_env({}).api_db_pool_size
     with admin.connect() as conn:
         in_use = int(conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity")).scalar_one())
         reserved = int(conn.execute(sa.text("SHOW superuser_reserved_connections")).scalar_one())
     free = max_connections - reserved - in_use - 10
     most = max(x["processes"] for x in args.configurations)
-    fits = (free - most) // (most + args.api_workers)
+    fits = (free - most - args.api_workers * api_pool) // most
     pool = max(1, min(default, fits))
     if pool < default:
         c.log(f"DB_POOL_SIZE {pool} for every run instead of {default}: {most} worker processes x ({default} + 1) + "
-              f"{args.api_workers} API processes x {default} = {most * (default + 1) + args.api_workers * default} "
+              f"{args.api_workers} API processes x {api_pool} = {most * (default + 1) + args.api_workers * api_pool} "
               f"connections would not fit the {free} PostgreSQL has free (max_connections {max_connections})")
     args.extra_env["DB_POOL_SIZE"] = str(pool)
 

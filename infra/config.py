@@ -45,6 +45,7 @@ class Settings:
     max_recoveries: int
     publish_timeout_s: float
     db_pool_size: int
+    api_db_pool_size: int
     database_prepared_statements: bool
     queue: str
     step_queues: dict[str, str]
@@ -121,6 +122,8 @@ class Settings:
             max_recoveries=int(_env("MAX_RECOVERIES", "5")),
             publish_timeout_s=float(_env("PUBLISH_TIMEOUT_S", "2")),
             db_pool_size=int(_env("DB_POOL_SIZE", "16")),
+            # an API process: 16 threads, each holding a connection for one or two statements of a request
+            api_db_pool_size=_positive("API_DB_POOL_SIZE", _env("API_DB_POOL_SIZE", "8")),
             database_prepared_statements=_choice("DATABASE_PREPARED_STATEMENTS",
                                                  _env("DATABASE_PREPARED_STATEMENTS", "on"), ("on", "off")) == "on",
             queue=_env("SAGA_QUEUE", "saga"),

@@ -1,6 +1,6 @@
 """The PostgreSQL connection budget (README, "PostgreSQL connections"): under a burst of orders a worker process
 on its default thread pool (192 threads) opens at most DB_POOL_SIZE (16) connections for its steps and its
-sweeper one more, and each API process at most DB_POOL_SIZE; every connection names its process's role in
+sweeper one more, and each API process at most API_DB_POOL_SIZE (8); every connection names its process's role in
 pg_stat_activity's application_name."""
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tests.support import ProcessHandle, bearer, free_port, spawn, wait_http, wa
 pytestmark = pytest.mark.integration
 
 DB_POOL_SIZE = 16  # the default
+API_DB_POOL_SIZE = 8  # the default
 API_PROCESSES = 2  # `bookmarket api`: gunicorn with 2 processes of 16 threads
 
 
@@ -93,6 +94,6 @@ def test_a_busy_worker_and_api_stay_within_their_documented_postgresql_connectio
     print(f"most PostgreSQL connections at once, by application_name: {dict(connections.most)}")
     assert connections.most["bookmarket-worker"] <= DB_POOL_SIZE
     assert connections.most["bookmarket-sweeper"] == 1
-    assert connections.most["bookmarket-api"] <= API_PROCESSES * DB_POOL_SIZE
+    assert connections.most["bookmarket-api"] <= API_PROCESSES * API_DB_POOL_SIZE
     assert connections.most["bookmarket-worker"] >= 4, "the burst never kept the worker's pool busy"
     assert set(connections.most) <= {"bookmarket-api", "bookmarket-worker", "bookmarket-sweeper"}

@@ -53,7 +53,9 @@ def test_the_readmes_postgresql_connection_totals_follow_the_defaults_of_the_cha
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     pool = int(values["config"]["dbPoolSize"])
     assert pool == Settings.from_env({}).db_pool_size == int(compose["x-bookmarket-env"]["DB_POOL_SIZE"])
-    per_api = inspect.signature(gunicorn_api).parameters["workers"].default * pool  # gunicorn processes
+    api_pool = int(values["config"]["apiDbPoolSize"])
+    assert api_pool == Settings.from_env({}).api_db_pool_size == int(compose["x-bookmarket-env"]["API_DB_POOL_SIZE"])
+    per_api = inspect.signature(gunicorn_api).parameters["workers"].default * api_pool  # gunicorn processes
     per_worker = pool + 1  # and its sweeper
     scale = {bound: values["api"]["autoscaling"][bound] * per_api + values["worker"]["autoscaling"][bound] * per_worker
              for bound in ("minReplicas", "maxReplicas")}
@@ -62,3 +64,4 @@ def test_the_readmes_postgresql_connection_totals_follow_the_defaults_of_the_cha
     readme = (ROOT / "README.md").read_text()
     for total in (per_api + up_workers * per_worker, in_compose, scale["minReplicas"], scale["maxReplicas"]):
         assert f"= **{total}**" in readme, total
+    assert scale["minReplicas"] <= 100 - 3 - 10  # the chart's least fits a default PostgreSQL, with room for tools
