@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 import sqlalchemy as sa
@@ -214,3 +217,32 @@ def emptied(url: str) -> None:
     with admin.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
     admin.dispose()
+
+
+class ConnectionsByRole:
+    """The most connections each application_name had at once on one database (`most`), and the most in all
+    (`most_total`), sampled every 20 ms straight from pg_stat_activity while the block runs."""
+
+    def __init__(self, admin_url: str, database: str) -> None:
+        self.admin_url, self.database = admin_url, database
+        self.most: Counter[str] = Counter()
+        self.most_total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> ConnectionsByRole:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            while not self._stop.wait(0.02):
+                rows = conn.execute("SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = %s "
+                                    "GROUP BY application_name", (self.database,)).fetchall()
+                for name, n in rows:
+                    self.most[name] = max(self.most[name], n)
+                self.most_total = max(self.most_total, sum(n for _, n in rows))

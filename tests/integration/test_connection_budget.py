@@ -4,19 +4,16 @@ sweeper one more, and each API process at most API_DB_POOL_SIZE (8); every conne
 pg_stat_activity's application_name."""
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psycopg
 import pytest
 import requests
 import sqlalchemy as sa
 
 from cli.main import gunicorn_api
-from tests.integration.conftest import TERMINAL_SAGA, build_stack
+from tests.integration.conftest import TERMINAL_SAGA, ConnectionsByRole, build_stack
 from tests.support import ProcessHandle, bearer, free_port, spawn, wait_http, wait_until
 
 pytestmark = pytest.mark.integration
@@ -24,32 +21,6 @@ pytestmark = pytest.mark.integration
 DB_POOL_SIZE = 16  # the default
 API_DB_POOL_SIZE = 8  # the default
 API_PROCESSES = 2  # `bookmarket api`: gunicorn with 2 processes of 16 threads
-
-
-class ConnectionsByRole:
-    """The most connections each application_name had at once on one database, sampled every 20 ms."""
-
-    def __init__(self, admin_url: str, database: str) -> None:
-        self.admin_url, self.database = admin_url, database
-        self.most: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> ConnectionsByRole:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            while not self._stop.wait(0.02):
-                rows = conn.execute("SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = %s "
-                                    "GROUP BY application_name", (self.database,)).fetchall()
-                for name, n in rows:
-                    self.most[name] = max(self.most[name], n)
 
 
 @pytest.fixture(scope="module")

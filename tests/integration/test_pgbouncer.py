@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ import sqlalchemy as sa
 from cli.main import gunicorn_api
 from infra.migrate import upgrade
 from tests.conftest import create_pg_database
-from tests.integration.conftest import TERMINAL_SAGA, forget_queue, stack_env
+from tests.integration.conftest import TERMINAL_SAGA, ConnectionsByRole, forget_queue, stack_env
 from tests.support import (
     ProcessHandle,
     bearer,
@@ -201,30 +200,6 @@ def bouncer(postgres_server: str) -> Iterator[tuple[PgBouncer, dict[str, str], s
                 drop()
 
 
-class ServerConnections:
-    """Samples, straight from PostgreSQL, how many server connections a database has while a run goes on."""
-
-    def __init__(self, admin_url: str, database: str) -> None:
-        self.admin_url, self.database = admin_url, database
-        self.most = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> ServerConnections:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            while not self._stop.wait(0.05):
-                n = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.database,))
-                self.most = max(self.most, n.fetchone()[0])  # type: ignore[index]
-
-
 def place_many(run: Run, count: int) -> list[requests.Response]:
     with ThreadPoolExecutor(20) as pool:
         return list(pool.map(lambda i: run.post("/orders", {"customer_id": 1000 + i, "book_id": 1, "qty": 1}),
@@ -235,7 +210,7 @@ def test_through_pgbouncer_in_transaction_mode_everything_works_with_prepared_st
         bouncer: tuple[PgBouncer, dict[str, str], str], tmp_path: Path) -> None:
     pgbouncer, names, admin_url = bouncer
     with started(tmp_path, pgbouncer.url("off"), names["off"], "off") as run, \
-            ServerConnections(admin_url, names["off"]) as server:
+            ConnectionsByRole(admin_url, names["off"]) as server:
         run.behave("payment", latency_ms=[20, 120])
         answers = place_many(run, 100)
         assert [a.status_code for a in answers] == [202] * 100, {a.status_code: a.text for a in answers}
@@ -279,7 +254,7 @@ def test_through_pgbouncer_in_transaction_mode_everything_works_with_prepared_st
         logs = run.logs()
     assert "sweep: dispatched=" in logs  # the sweeper's transactions went through PgBouncer too
     assert not any(e in logs for e in PREPARED_ERRORS), [line for line in logs.splitlines() if "prepared" in line]
-    assert 1 <= server.most <= SERVER_CONNECTIONS  # 2 API processes and a worker share 5 server connections
+    assert 1 <= server.most_total <= SERVER_CONNECTIONS  # 2 API processes and a worker share 5 server connections
 
 
 def test_through_pgbouncer_with_psycopgs_automatic_prepared_statements_the_same_run_fails(
