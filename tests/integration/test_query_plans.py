@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,6 +33,9 @@ pytestmark = pytest.mark.integration
 HISTORY = 20_000
 BIG_TABLES = {"sagas", "saga_steps", "step_attempts"}
 NOW = datetime.now(UTC)
+# the query KEDA's postgresql trigger runs on every poll when the chart's stepsInFlight is enabled
+KEDA_QUERY = re.search(r'query: "(.*)"', (Path(__file__).resolve().parents[2] / "helm/bookmarket/templates/"
+                                          "worker-autoscaler.yaml").read_text()).group(1)  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +134,8 @@ QUERIES: list[tuple[str, Callable[[Connection], Any], tuple[str, ...]]] = [
     ("search: by failing step", lambda c: _search(c, SagaFilter(failing_step="cancel_payment")),
      ("ix_saga_steps_failed_by_name",)),
     ("customer's orders", lambda c: repo.customer_order_page(c, 7, 0, 20), ("ix_customer_orders_customer_created",)),
+    ("chart: KEDA steps in flight", lambda c: c.exec_driver_sql(KEDA_QUERY).scalar_one(),
+     ("ix_saga_steps_running_lease", "ix_saga_steps_open_due")),
 ]
 
 

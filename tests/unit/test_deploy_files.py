@@ -937,6 +937,29 @@ def test_with_keda_workers_scale_on_the_length_of_the_saga_queue_in_the_brokers_
     assert trigger["metadata"]["listLength"] == "150"
 
 
+@pytest.mark.parametrize(("config", "queues"), [
+    ({"stepQueues": "payment=bm.payment, delivery=bm.delivery,messaging=bm.payment"},
+     ["orders", "bm.payment", "bm.delivery"]),
+    ({"stepQueues": "payment=bm.payment", "workerQueues": "bm.payment"}, ["bm.payment"]),
+], ids=["every-queue", "worker-queues"])
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_with_keda_workers_scale_on_every_queue_they_consume(
+    chart: helm_python.Chart, config: dict[str, str], queues: list[str], broker: str,
+) -> None:
+    values = {"config": {"sagaQueue": "orders", **config},
+              "worker": {"autoscaling": {"keda": {"enabled": True, "broker": broker}}}}
+    docs = render(chart, values)
+    scaled = one(docs, "ScaledObject", "worker")
+    validate_manifest(scaled, NEWEST_KUBE)
+    triggers = scaled["spec"]["triggers"]
+    key = "listName" if broker == "redis" else "queueName"
+    assert [t["metadata"][key] for t in triggers] == queues
+    assert {t["type"] for t in triggers} == {broker}
+    assert len({t["name"] for t in triggers}) == len(triggers)  # KEDA needs the names apart
+    env = settings_env(docs)
+    assert list(Settings.from_env(env).consumed_queues()) == queues  # what `bookmarket worker` consumes
+
+
 @pytest.mark.parametrize("values", [{"secrets": {"brokerUrl": "amqp://shop:secret@rabbitmq.data.svc:5672/shop"}},
                                     {"secrets": {"existingSecret": "shop-secrets", "apiTokens": ""},
                                      "worker": {"autoscaling": {"keda": {"broker": "rabbitmq"}}}}],
