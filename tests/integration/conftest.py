@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -59,6 +60,20 @@ class Stack:
 
     def order(self, order_id: int) -> dict[str, Any]:
         return self.client.get(f"/orders/{order_id}").get_json()
+
+    def post_orders_without_broker(self, n: int, customer_id: int) -> list[dict[str, Any]]:
+        """Post `n` orders while the broker cannot be reached: each is accepted (202) within 5 s and stays PENDING,
+        its first step left in the outbox for the sweeper. The orders, as answered."""
+        during, slowest = [], 0.0
+        for _ in range(n):
+            started = time.monotonic()
+            response = self.post_order(customer_id=customer_id)
+            slowest = max(slowest, time.monotonic() - started)
+            assert response.status_code == 202, response.get_json()
+            during.append(response.get_json())
+        assert slowest < 5, f"a POST took {slowest:.1f}s while the broker was unreachable"
+        assert all(self.order(o["id"])["status"] == "PENDING" for o in during)
+        return during
 
     def saga(self, saga_id: int) -> dict[str, Any]:
         return self.client.get(f"/sagas/{saga_id}").get_json()

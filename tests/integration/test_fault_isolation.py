@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,15 +132,7 @@ def test_orders_posted_while_redis_is_down_are_accepted_and_dispatched_after_it_
 
         redis_server_process["proc"].send_signal(signal.SIGKILL)
         redis_server_process["proc"].wait()
-        during, slowest = [], 0.0
-        for _ in range(6):
-            started = time.monotonic()
-            response = live.post_order(customer_id=46)
-            slowest = max(slowest, time.monotonic() - started)
-            assert response.status_code == 202, response.get_json()
-            during.append(response.get_json())
-        assert slowest < 5, f"a POST took {slowest:.1f}s while the broker was down"
-        assert all(live.order(o["id"])["status"] == "PENDING" for o in during)
+        during = live.post_orders_without_broker(6, customer_id=46)
 
         redis_server_process["proc"] = redis_server_process["start"]()
 
