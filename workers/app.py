@@ -118,8 +118,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     worker_init.connect(lambda sender=None, **_: _trace_worker(settings, sender), weak=False)
     worker_process_init.connect(lambda **_: tracing.configure(settings, "bookmarket-worker"), weak=False)
     worker_shutting_down.connect(holder.drain, weak=False)
-    setup_logging.connect(lambda loglevel=None, **_: configure_logging(settings.log_format, loglevel or "INFO"),
-                          weak=False)
+    setup_logging.connect(lambda loglevel=None, **_: _configure_logging(settings, loglevel or "INFO"), weak=False)
     heartbeat = Heartbeat(settings.worker_heartbeat_file, settings.worker_heartbeat_s)
     worker_ready.connect(heartbeat.start, weak=False)
     worker_shutting_down.connect(heartbeat.stop, weak=False)
@@ -160,6 +159,21 @@ def _trace_worker(settings: Settings, worker: Any) -> None:
     pool = str(getattr(worker, "pool_cls", "prefork"))
     if "prefork" not in pool and "processes" not in pool:
         tracing.configure(settings, "bookmarket-worker")
+
+
+# Celery's own line for each task received and each task ended ("Task saga.pay[...] received", "... succeeded in
+# 0.4s: ..."): every step's outcome has its own line already (services.steps: saga, order, step, attempt, outcome),
+# so at INFO these two repeat it; under load they were two of a worker's five lines per saga and a tenth of its CPU
+# went to logging. They stay at DEBUG (`--loglevel DEBUG`), and an unexpected error in a task is logged either way.
+CELERY_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+def _configure_logging(settings: Settings, level: int | str) -> None:
+    configure_logging(settings.log_format, level)
+    numeric = level if isinstance(level, int) else logging.getLevelName(str(level).upper())
+    debug = isinstance(numeric, int) and numeric <= logging.DEBUG
+    for name in CELERY_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.WARNING)
 
 
 def _register_step(app: Celery, holder: _Holder, step: str) -> None:

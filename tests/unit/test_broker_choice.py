@@ -31,6 +31,22 @@ def test_an_empty_broker_url_is_the_redis_of_redis_url_with_its_visibility_timeo
     assert app.amqp.queues[settings.queue].queue_arguments is None
 
 
+def test_a_redis_channel_keeps_one_publishing_client_per_pool_and_leaves_the_consuming_one_to_kombu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("redis.Redis.ping", lambda *_: True)  # a new channel pings its Redis: none is reached here
+    app = make_celery(Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"}))
+    with app.connection_for_write() as conn:
+        channel = conn.channel()
+        first = channel._create_client()
+        assert channel._create_client() is first  # every publish and ack: the same client, not a new one each
+        assert first.connection_pool is channel.pool
+        assert channel._create_client(asynchronous=True) is not channel._create_client(asynchronous=True)
+        channel._pool = None  # kombu drops its pool (a reconnect): the next client is over the new pool
+        renewed = channel._create_client()
+        assert renewed is not first and renewed.connection_pool is channel.pool
+        assert conn.channel()._create_client() is not renewed  # each channel has its own
+
+
 def test_an_amqp_broker_url_gives_a_quorum_queue_on_a_topic_exchange_with_publisher_confirms() -> None:
     settings = Settings.from_env({"REDIS_URL": "redis://cache:6379/2", "BROKER_URL": AMQP, "SAGA_QUEUE": "orders"})
     app = make_celery(settings)

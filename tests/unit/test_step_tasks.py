@@ -3,6 +3,7 @@ attempt as a failed task (StepAttemptFailed, raised once the engine has recorded
 what it records or retries). The real services on fakes (tests/unit/engine_fakes.py), and the real Celery app."""
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from services.saga_search import timeline
 from services.steps import StepAttemptFailed, run_task
 from tests.unit.engine_fakes import Engine, make_engine
 from tests.unit.fakes import settings_for
-from workers.app import create_celery
+from workers.app import CELERY_TASK_LOGGERS, _configure_logging, create_celery
 
 
 def recorded(engine: Engine, saga_id: int) -> dict[str, Any]:
@@ -61,6 +62,30 @@ def test_a_task_that_succeeds_names_the_saga_the_order_and_each_attempt_it_ran(t
                       "step=ship attempt=1 StepSucceeded; step=notify attempt=1 StepSucceeded")
     assert run_task(engine.rt, placed.saga_id, "pay", "task-2") == "not claimed"
     engine.rt.close()
+
+
+def test_a_task_that_claims_nothing_says_so_in_its_own_log_line(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    engine = make_engine(tmp_path)
+    placed = engine.play()
+    with caplog.at_level(logging.INFO, logger="services.steps"):
+        assert run_task(engine.rt, placed.saga_id, "pay", "late") == "not claimed"
+    assert f"saga {placed.saga_id} step pay: not claimed" in caplog.text
+    engine.rt.close()
+
+
+@pytest.mark.parametrize(("level", "shown"), [("INFO", logging.WARNING), (logging.INFO, logging.WARNING),
+                                              ("WARNING", logging.WARNING), ("DEBUG", logging.NOTSET)])
+def test_celerys_own_task_lines_are_left_to_debug_as_every_step_outcome_has_its_line(
+        level: str | int, shown: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("workers.app.configure_logging", lambda *_: None)  # the root handler is not this test's
+    settings = settings_for("sqlite://")
+    try:
+        _configure_logging(settings, level)
+        assert {logging.getLogger(name).level for name in CELERY_TASK_LOGGERS} == {shown}
+    finally:
+        for name in CELERY_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def test_each_attempt_in_the_timeline_links_to_its_task_in_flower_when_flower_url_is_set(tmp_path: Path) -> None:
