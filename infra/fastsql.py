@@ -36,52 +36,21 @@ class FastStatement:
     def run(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         if conn.dialect.name != "postgresql":
             return conn.execute(self.statement, dict(params))  # type: ignore[call-overload]
-        sql, values = self._bound(conn, params)
-        cursor = _raw(conn).cursor(row_factory=namedtuple_row)
-        try:
-            cursor.execute(sql, values)
-        except psycopg.Error as exc:
-            raise _as_sqlalchemy_error(conn, exc, sql, values, cursor) from exc
-        return _Rows(cursor)
-
-    def _bound(self, conn: Connection, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         if self._sql is None:
             compiled = self.statement.compile(dialect=conn.dialect)
             # the values written into the statement itself (status == 'PENDING', attempts + 1) are bound
             # parameters too; SQLAlchemy would fill them in on each execution
             self._defaults = dict(compiled.params)
             self._sql = str(compiled)
-        return self._sql, {**self._defaults, **params}
-
-
-def run_together(conn: Connection, statements: Sequence[tuple[FastStatement, Mapping[str, Any]]]) -> list[Any]:
-    """Run `statements` in order and return each one's result, as FastStatement.run would.
-
-    On PostgreSQL they travel in one round trip (psycopg's pipeline mode; with the transaction's BEGIN when they
-    open it): the server still runs them one after the other, each with its own snapshot under READ COMMITTED,
-    so a statement after a lock sees what the transaction it waited for committed. An error in one aborts the
-    rest and is raised here, as SQLAlchemy's exception."""
-    if conn.dialect.name != "postgresql":
-        return [statement.run(conn, params) for statement, params in statements]
-    raw = _raw(conn)
-    sent: list[tuple[Any, str, dict[str, Any]]] = []
-    try:
-        with raw.pipeline():
-            for statement, params in statements:
-                sql, values = statement._bound(conn, params)
-                cursor = raw.cursor(row_factory=namedtuple_row)
-                sent.append((cursor, sql, values))
-                cursor.execute(sql, values)
-    except psycopg.Error as exc:
-        cursor, sql, values = sent[-1] if sent else (None, "", {})
-        raise _as_sqlalchemy_error(conn, exc, sql, values, cursor) from exc
-    return [_Rows(cursor) for cursor, _, _ in sent]
-
-
-def _raw(conn: Connection) -> Any:
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    return raw
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        cursor = raw.cursor(row_factory=namedtuple_row)
+        values = {**self._defaults, **params}
+        try:
+            cursor.execute(self._sql, values)
+        except psycopg.Error as exc:
+            raise _as_sqlalchemy_error(conn, exc, self._sql, values, cursor) from exc
+        return _Rows(cursor)
 
 
 def _as_sqlalchemy_error(conn: Connection, exc: psycopg.Error, sql: str, values: Mapping[str, Any],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from domain.model import Book, Order, OrderStatus, utcnow
-from infra.fastsql import FastStatement, run_together
+from infra.fastsql import FastStatement
 from infra.tables import (
     books,
     customer_orders,
@@ -446,10 +446,7 @@ def load_saga(conn: Connection, saga_id: int, lock: bool = False) -> SagaRecord 
     while the charge was being made)."""
     if lock and not lock_saga(conn, saga_id):
         return None
-    return _saga_from_rows(saga_id, _LOAD_SAGA.run(conn, {"b_saga": saga_id}).all())
-
-
-def _saga_from_rows(saga_id: int, rows: Sequence[Any]) -> SagaRecord | None:
+    rows = _LOAD_SAGA.run(conn, {"b_saga": saga_id}).all()
     if not rows:
         return None
     first = rows[0]
@@ -603,37 +600,6 @@ def close_step(conn: Connection, saga_id: int, name: str, attempt: int, status: 
     own = (params["b_outcome"], provider_ref, bool(outcome_unknown))
     conn.execute(_INSERT_ATTEMPT, dict(zip(_ATTEMPT_COLUMNS, (*closed, *own), strict=True)))
     return True
-
-
-def close_and_load(conn: Connection, saga_id: int, name: str, attempt: int, status: str, finished_at: datetime,
-                   error: str | None, provider_ref: str | None = None, outcome_unknown: bool | None = None,
-                   attempt_outcome: str | None = None) -> SagaRecord | None:
-    """Lock the saga, close_step, then load_saga (lock=True) as it was just before the close: the step RUNNING its
-    attempt (the close matched only that). On PostgreSQL the three statements, and the transaction's BEGIN, go in
-    one round trip (fastsql.run_together), each statement seeing what committed before it began.
-
-    None when the attempt lost its lease (or there is no such saga): nothing was written."""
-    params = {
-        "b_saga": saga_id, "b_name": name, "b_attempt": attempt, "b_status": status, "b_finished": finished_at,
-        "b_error": error, "b_ref": provider_ref, "b_unknown": outcome_unknown, "b_outcome": attempt_outcome or status,
-    }
-    if conn.dialect.name != "postgresql":
-        if not lock_saga(conn, saga_id) or not close_step(conn, saga_id, name, attempt, status, finished_at, error,
-                                                          provider_ref, outcome_unknown, attempt_outcome):
-            return None
-        rows = _LOAD_SAGA.run(conn, {"b_saga": saga_id}).all()
-    else:
-        _, closed, loaded = run_together(conn, [(_LOCK_SAGA, params), (_CLOSE_STEP_AND_RECORD_ATTEMPT, params),
-                                                (_LOAD_SAGA, params)])
-        if closed.rowcount != 1:
-            return None
-        rows = loaded.all()
-    saga = _saga_from_rows(saga_id, rows)
-    assert saga is not None and name in saga.steps
-    # as load_saga before the close would have read it; the step's outcome_unknown is what the close left (a new
-    # answer's certainty, or as it was), which the orchestrator reads the same way
-    saga.steps[name] = replace(saga.steps[name], status=StepStatus.RUNNING.value)
-    return saga
 
 
 _FINISH_LOCAL_STEP = FastStatement(saga_steps.update().where(_THIS_STEP).values(

@@ -37,7 +37,6 @@ class Attempt:
     number: int
     provider: str
     claimed_at: datetime  # when the attempt began, for its duration
-    kind: str  # the saga's definition
 
     def log_fields(self) -> dict[str, object]:
         """What every log line of this attempt carries."""
@@ -135,7 +134,7 @@ def claim(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt 
         provider = definition.step(step).provider
         assert provider is not None, f"{step} calls no provider"
         context = step_context(definition, rt.steps, saga_id, step, found.context, found.cancel_requested)
-        return Attempt(context, number, provider, now, definition.kind)
+        return Attempt(context, number, provider, now)
 
 
 def _claim_at_once(rt: Runtime, saga_id: int, step: str, task_id: str | None) -> Attempt | None:
@@ -153,7 +152,7 @@ def _claim_at_once(rt: Runtime, saga_id: int, step: str, task_id: str | None) ->
     provider = definition.step(step).provider
     assert provider is not None, f"{step} calls no provider"
     context = step_context(definition, rt.steps, saga_id, step, found.context, found.cancel_requested)
-    return Attempt(context, number, provider, now, definition.kind)
+    return Attempt(context, number, provider, now)
 
 
 def _phases(definitions: Mapping[str, SagaDefinition], step: str) -> list[str]:
@@ -196,13 +195,14 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object, inline: b
     when `inline`, the claim of this saga's next step for the caller to run (so it is not published)."""
     ctx = attempt.context
     now = rt.clock()
-    definition = rt.definitions[attempt.kind]
-    outcome = _outcome(definition.is_compensation(ctx.step), event)
-    attempt_outcome = _attempt_outcome(outcome, event).value
     with rt.db.transaction() as conn:
-        saga = repo.close_and_load(conn, ctx.saga_id, ctx.step, attempt.number, outcome.value, now,
-                                   _error(event, reply), _reference(reply), _certainty(event), attempt_outcome)
-        if saga is None:
+        saga = repo.load_saga(conn, ctx.saga_id, lock=True)
+        assert saga is not None
+        definition = rt.definitions[saga.kind]
+        outcome = _outcome(definition.is_compensation(ctx.step), event)
+        attempt_outcome = _attempt_outcome(outcome, event).value
+        if not repo.close_step(conn, ctx.saga_id, ctx.step, attempt.number, outcome.value, now, _error(event, reply),
+                               _reference(reply), _certainty(event), attempt_outcome):
             log.warning("saga %s step %s attempt %s lost its lease; outcome dropped", ctx.saga_id, ctx.step,
                         attempt.number)
             return [], None
@@ -219,7 +219,7 @@ def record(rt: Runtime, attempt: Attempt, event: Event, reply: object, inline: b
         succeeded = reply if isinstance(event, StepSucceeded) and isinstance(reply, ProviderReply) else None
         following = follow_context(definition, rt.steps, ctx, name, executor.order or ctx.order,
                                    executor.state.cancel_requested, succeeded)
-        return dispatches, Attempt(following, number, provider, now, definition.kind)
+        return dispatches, Attempt(following, number, provider, now)
 
 
 def _outcome(is_compensation: bool, event: Event) -> StepStatus:
